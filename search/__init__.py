@@ -1,0 +1,1 @@
+"""Offline side of MedSAMix: load SAM checkpoints, merge them layer group by layer group, search the merge."""

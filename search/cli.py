@@ -1,0 +1,163 @@
+"""`medsamix`: the command line. Each command is a verb; user errors print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from search.errors import MedSAMixError
+
+console = Console()
+EXIT_USER_ERROR = 2
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from search.checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(args.file)
+    sizes = checkpoint.component_sizes()
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in checkpoint.state_dict.values()})
+    table = Table(title=str(checkpoint.path), show_header=False)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_row(
+        "format", checkpoint.format + (f" (prefix '{checkpoint.prefix}' stripped)" if checkpoint.prefix else "")
+    )
+    table.add_row("architecture", checkpoint.arch.name)
+    for component, count in sizes.items():
+        table.add_row(f"{component} parameters", f"{count:,}")
+    table.add_row("total parameters", f"{sum(sizes.values()):,}")
+    table.add_row("dtype", ", ".join(dtypes))
+    if checkpoint.ignored_keys:
+        table.add_row("ignored keys", f"{checkpoint.ignored_keys} outside the SAM model")
+    table.add_row("sha256", checkpoint.sha256)
+    console.print(table)
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from search.checkpoints import save_checkpoint
+    from search.merge.engine import load_recipe_inputs
+    from search.recipe import load_recipe, recipe_yaml
+
+    recipe = load_recipe(args.recipe)
+    engine = load_recipe_inputs(recipe, Path(args.recipe).resolve().parent, device=args.device)
+    state = engine.merge_recipe(recipe)
+    metadata = {"medsamix_recipe": recipe_yaml(recipe), "architecture": engine.arch.name}
+    out = save_checkpoint(state, args.output, metadata=metadata)
+    console.print(f"wrote {out} ({engine.arch.name}, {len(recipe.groups)} groups, device {engine.device})")
+
+
+def cmd_recipe(args: argparse.Namespace) -> None:
+    from search.checkpoints import load_checkpoint
+    from search.groups import Granularity
+    from search.recipe import InputModel, save_recipe, uniform_recipe
+
+    folder = Path(args.output).resolve().parent
+    inputs = []
+    arch = None
+    for spec in [args.base, *args.models]:
+        name, _, path = spec.partition("=") if "=" in spec else (Path(spec).stem, "", spec)
+        checkpoint = load_checkpoint(path)
+        arch = arch or checkpoint.arch
+        relative = Path(path).resolve()
+        relative = relative.relative_to(folder) if relative.is_relative_to(folder) else relative
+        inputs.append(InputModel(name=name, path=str(relative), sha256=checkpoint.sha256))
+    recipe = uniform_recipe(
+        inputs[0], inputs[1:], arch, args.method, Granularity(*args.granularity), args.normalization, args.seed
+    )
+    recipe.plan(arch)
+    save_recipe(recipe, args.output)
+    console.print(f"wrote {args.output}: {len(recipe.groups)} groups, all {args.method}")
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from search.merge import METHODS, FloatParam
+
+    table = Table("method", "parameters", "what it does", "reference")
+    for method in METHODS.values():
+        params = ", ".join(
+            f"{p.name}{'[per input]' if p.per_input else ''} in [{p.low}, {p.high}] (default {p.default})"
+            if isinstance(p, FloatParam)
+            else f"{p.name} (an input's name)"
+            for p in method.params
+        )
+        table.add_row(method.name, params or "none", method.summary, method.reference)
+    console.print(table)
+
+
+def cmd_groups(args: argparse.Namespace) -> None:
+    from search.architectures import get_architecture
+    from search.groups import Granularity, layer_groups
+
+    arch = get_architecture(args.arch)
+    groups = layer_groups(arch, Granularity(*args.granularity))
+    table = Table("group", "tensors", title=f"{arch.name}: {len(groups)} groups")
+    for group in groups:
+        table.add_row(group.name, str(len(group.keys)))
+    console.print(table)
+
+
+def _granularity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--granularity",
+        nargs=3,
+        type=int,
+        default=(1, 1, 1),
+        metavar=("ENC", "PROMPT", "DEC"),
+        help="units per group in the image encoder, prompt encoder and mask decoder",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medsamix", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    inspect = commands.add_parser("inspect", help="show a checkpoint's format, architecture, sizes and sha256")
+    inspect.add_argument("file")
+    inspect.set_defaults(run=cmd_inspect)
+
+    merge = commands.add_parser("merge", help="apply a merge recipe and write the merged checkpoint")
+    merge.add_argument("recipe")
+    merge.add_argument("-o", "--output", required=True, help="merged checkpoint (.safetensors, .pth or .pt)")
+    merge.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    merge.set_defaults(run=cmd_merge)
+
+    recipe = commands.add_parser("recipe", help="write a recipe with one method in every group, to edit by hand")
+    recipe.add_argument("base", help="base checkpoint, optionally NAME=PATH")
+    recipe.add_argument("models", nargs="+", help="fine-tuned checkpoints, optionally NAME=PATH")
+    recipe.add_argument("-o", "--output", required=True)
+    recipe.add_argument("--method", default="linear")
+    recipe.add_argument("--normalization", choices=("sam", "medsam"), default="sam")
+    recipe.add_argument("--seed", type=int, default=0)
+    _granularity(recipe)
+    recipe.set_defaults(run=cmd_recipe)
+
+    methods = commands.add_parser("methods", help="list the merge methods and their parameters")
+    methods.set_defaults(run=cmd_methods)
+
+    groups = commands.add_parser("groups", help="list the layer groups of an architecture")
+    groups.add_argument("--arch", default="vit_b")
+    _granularity(groups)
+    groups.set_defaults(run=cmd_groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], None] = args.run
+    try:
+        run(args)
+    except MedSAMixError as error:
+        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
+        return EXIT_USER_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

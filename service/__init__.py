@@ -1,0 +1,1 @@
+"""Online side of MedSAMix: serves exported models over HTTP. Imports nothing heavy (never torch)."""

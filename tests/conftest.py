@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny SAMs built through the product's own builder, written in each real file format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from search.architectures import build_sam
+
+StateDict = dict[str, torch.Tensor]
+
+
+def tiny_state(seed: int) -> StateDict:
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in build_sam("tiny").state_dict().items()}
+
+
+def fine_tune_of(base: StateDict, seed: int, scale: float = 0.02) -> StateDict:
+    """A stand-in fine-tune: base weights plus a seeded perturbation (buffers untouched, as in real fine-tunes)."""
+    generator = torch.Generator().manual_seed(seed)
+    learned = dict(build_sam("tiny", device="meta").named_parameters())
+    return {
+        k: v + scale * torch.randn(v.shape, generator=generator) if k in learned else v.clone() for k, v in base.items()
+    }
+
+
+# The real files' layouts: name -> function writing `state` to a path in that layout.
+def write_sam(state: StateDict, path: Path) -> None:
+    torch.save(state, path)
+
+
+def write_torch_em(state: StateDict, path: Path, prefix: str = "sam.") -> None:
+    torch.save(
+        {
+            "model_state": {prefix + k: v for k, v in state.items()},
+            "epoch": 7,
+            "best_metric": 0.12,
+            "optimizer_state": {"state": {}, "param_groups": [{"lr": 1e-5, "params": [0, 1]}]},
+        },
+        path,
+    )
+
+
+def write_medsam_training(state: StateDict, path: Path) -> None:
+    torch.save(
+        {
+            "model": {"module." + k: v for k, v in state.items()},
+            "epoch": 99,
+            "optimizer": {"state": {}, "param_groups": []},
+        },
+        path,
+    )
+
+
+def write_state_dict(state: StateDict, path: Path) -> None:
+    torch.save({"state_dict": state, "global_step": 10}, path)
+
+
+def write_safetensors(state: StateDict, path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+WRITERS: dict[str, tuple[str, Callable[[StateDict, Path], None]]] = {
+    "sam": (".pth", write_sam),
+    "torch_em": (".pt", write_torch_em),
+    "medsam_training": (".pth", write_medsam_training),
+    "state_dict": (".ckpt", write_state_dict),
+    "safetensors": (".safetensors", write_safetensors),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> StateDict:
+    return tiny_state(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_base: StateDict) -> dict[str, Path]:
+    """A base and two fine-tunes on disk, in the layouts the real SAM, micro-sam and MedSAM files use."""
+    folder = tmp_path_factory.mktemp("inputs")
+    paths = {
+        "sam": folder / "sam_tiny.pth",
+        "medicosam": folder / "medicosam_tiny.pt",
+        "medsam": folder / "medsam_tiny.pth",
+    }
+    write_sam(tiny_base, paths["sam"])
+    write_torch_em(fine_tune_of(tiny_base, 1), paths["medicosam"])
+    write_medsam_training(fine_tune_of(tiny_base, 2), paths["medsam"])
+    return paths

@@ -1,0 +1,107 @@
+"""The `medsamix` command as a user runs it: a real subprocess, real files, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from search.architectures import build_sam
+from search.checkpoints import load_checkpoint
+from tests.conftest import WRITERS, fine_tune_of
+
+
+def medsamix(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def five_files(tmp_path_factory, tiny_base) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("formats")
+    paths = {}
+    for fmt, (suffix, write) in WRITERS.items():
+        paths[fmt] = folder / f"{fmt}{suffix}"
+        write(fine_tune_of(tiny_base, 3), paths[fmt])
+    return paths
+
+
+def test_inspect_reads_each_real_format(five_files) -> None:
+    for fmt, path in five_files.items():
+        result = medsamix("inspect", str(path))
+        assert result.returncode == 0, result.stderr
+        assert "│ format" in result.stdout and fmt in result.stdout
+        assert "tiny" in result.stdout
+        assert "image_encoder parameters" in result.stdout and "645,696" in result.stdout
+        assert hashlib.sha256(path.read_bytes()).hexdigest() in result.stdout.replace("│", "").replace(" ", "").replace(
+            "\n", ""
+        )
+
+
+def test_inspect_refuses_a_non_sam_file_in_one_line(tmp_path: Path) -> None:
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "classifier.pth")
+    result = medsamix("inspect", str(tmp_path / "classifier.pth"))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "is not a SAM checkpoint" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_recipe_then_merge_replays_bit_identically_and_loads_into_segment_anything(tiny_inputs, tmp_path: Path) -> None:
+    names = [f"{n}={tiny_inputs[n]}" for n in ("sam", "medicosam", "medsam")]
+    made = medsamix(
+        "recipe", *names, "-o", str(tmp_path / "recipe.yaml"), "--method", "dare", "--granularity", "2", "1", "3"
+    )
+    assert made.returncode == 0, made.stderr
+    recipe = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    assert recipe["granularity"] == {"encoder": 2, "prompt": 1, "decoder": 3}
+    assert {g["method"] for g in recipe["groups"]} == {"dare"}
+
+    digests = []
+    for out in ("a.pth", "b.pth", "c.safetensors"):
+        result = medsamix("merge", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / out), "--device", "cpu")
+        assert result.returncode == 0, result.stderr
+        digests.append(hashlib.sha256((tmp_path / out).read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+
+    model = build_sam("tiny")
+    model.load_state_dict(torch.load(tmp_path / "a.pth", weights_only=True), strict=True)
+    from_safetensors = load_checkpoint(tmp_path / "c.safetensors").state_dict
+    for key, tensor in model.state_dict().items():
+        if key in from_safetensors:
+            assert torch.equal(tensor, from_safetensors[key]), key
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_merge_with_a_changed_input_fails_and_writes_nothing(tiny_base, tmp_path: Path) -> None:
+    from tests.conftest import write_sam
+
+    for i, name in enumerate(("sam", "ft")):
+        write_sam(fine_tune_of(tiny_base, 40 + i), tmp_path / f"{name}.pth")
+    assert medsamix("recipe", "sam.pth", "ft.pth", "-o", "r.yaml", cwd=tmp_path).returncode == 0
+    write_sam(fine_tune_of(tiny_base, 77), tmp_path / "ft.pth")
+    result = medsamix("merge", "r.yaml", "-o", "out.safetensors", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "differs from the recipe's" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ft.pth", "r.yaml", "sam.pth"]
+
+
+def test_methods_and_groups_listings() -> None:
+    methods = medsamix("methods")
+    assert methods.returncode == 0
+    for name in ("linear", "task_arithmetic", "ties", "slerp", "dare", "model_stock", "pick"):
+        assert name in methods.stdout
+    groups = medsamix("groups", "--arch", "vit_b", "--granularity", "2", "2", "2")
+    assert "vit_b: 15 groups" in groups.stdout and "image_encoder.blocks.10-11" in groups.stdout
