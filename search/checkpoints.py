@@ -132,7 +132,9 @@ def validate_state_dict(path: Path | str, state: Mapping[str, object]) -> SamArc
         )
     arch = identify(shapes)
     if arch is None:
-        missing = [k for k in state_layout("vit_b").all if k not in shapes]
+        # Keys every size shares (all but the encoder blocks): their absence means "not SAM", not "unknown size".
+        shared = (k for k in state_layout("vit_b").all if not k.startswith("image_encoder.blocks."))
+        missing = [k for k in shared if k not in shapes]
         if missing:
             raise CheckpointError(f"{path} is not a SAM checkpoint: it lacks {_some(missing)}")
         blocks = sum(k.startswith("image_encoder.blocks.") and k.endswith(".norm1.weight") for k in shapes)
