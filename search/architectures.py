@@ -14,10 +14,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from search.errors import CheckpointError
-
-# ImageNet statistics on the 0-255 scale: SAM's input convention. Kept out of checkpoints (see checkpoints.py).
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
+from service.imaging import PIXEL_MEAN, PIXEL_STD
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 
-
 def _signed32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= 1 << 31 else value
@@ -173,10 +172,8 @@ def radix_select(scores: torch.Tensor, k: torch.Tensor, packing: Packing) -> tor
     device = scores.device
     bits = scores.contiguous().view(torch.int32)
     row_segment = packing.expand(
-        
-            torch.arange(n, device=device, dtype=torch.int32).unsqueeze(1) * segments
-            + torch.arange(segments, device=device, dtype=torch.int32)
-        
+        torch.arange(n, device=device, dtype=torch.int32).unsqueeze(1) * segments
+        + torch.arange(segments, device=device, dtype=torch.int32)
     )
     rows_total = n * segments
 
