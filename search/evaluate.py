@@ -1,0 +1,167 @@
+"""The evaluator: Dice of every slice of a task for given weights, on one resident SAM.
+
+Every search trial calls this, so it is built for repetition: the model is built once and weights are copied into it
+(no rebuild); each task's encoder inputs are prepared once per preprocessing mode with `service.imaging` (the same
+code the service serves with) and cached; the encoder runs in batches, one pass per slice serving all of that slice's
+boxes; the mask decoder runs once per batch of slices for all their boxes together. The stock `MaskDecoder` repeats
+a single image's embedding for every prompt, so a per-slice call is launch-bound on a GPU (~4 ms whether it holds
+1 box or 16); `decode_boxes` is its `predict_masks` with one image embedding per prompt instead.
+
+Dice conventions: a slice's prediction is the union of its boxes' masks; Dice = 2|P ∩ G| / (|P| + |G|) on the
+image's own pixel grid; a slice with an empty ground truth has no Dice (NaN; loaders keep only foreground slices).
+`case_mean` averages per case first, then over cases, so a case with many slices does not dominate.
+CPU: fp32. (GPU paths — bf16, SDPA attention, torch.compile — are not built yet.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.modeling import MaskDecoder, Sam
+
+from search.architectures import SamArchitecture, build_sam
+from search.merge.engine import default_device
+from search.tasks import Task
+from service import imaging
+
+
+@dataclass(frozen=True)
+class PreparedSlices:
+    """A task's slices in one preprocessing mode: everything a trial needs that does not depend on the weights."""
+
+    inputs: torch.Tensor  # (N, 3, S, S) float32 encoder inputs, normalised and padded
+    frames: tuple[imaging.Frame, ...]
+    boxes: tuple[torch.Tensor, ...]  # per slice (n_i, 4) float32 XYXY in model coordinates
+    masks: tuple[np.ndarray, ...]  # per slice HxW bool ground truth
+
+
+def decode_boxes(
+    decoder: MaskDecoder,
+    embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`MaskDecoder.predict_masks` with one image embedding per prompt (single-mask output).
+
+    embeddings: (M, C, h, w), one per prompt. image_pe: (1, C, h, w). sparse: (M, T, C). dense: (M, C, h, w).
+    Returns low-resolution mask logits (M, 4h, 4w) and predicted IoU (M,), as `MaskDecoder.forward` with
+    `multimask_output=False` returns them for a single image.
+    """
+    m = embeddings.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens.unsqueeze(0).expand(m, -1, -1), sparse], dim=1)
+    src = embeddings + dense
+    b, c, h, w = src.shape
+    hs, src = decoder.transformer(src, image_pe.expand(m, -1, -1, -1), tokens)
+    mask_tokens = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    # Only the first mask token is used with a single-mask output: skip the other hypernetworks.
+    hyper = decoder.output_hypernetworks_mlps[0](mask_tokens[:, 0, :])
+    b, c, h, w = upscaled.shape
+    logits = (hyper.unsqueeze(1) @ upscaled.reshape(b, c, h * w)).reshape(b, h, w)
+    iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 0]
+    return logits, iou
+
+
+def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """2|P ∩ G| / (|P| + |G|) of two HxW bool masks; NaN when the ground truth is empty."""
+    truth_area = int(truth.sum())
+    if truth_area == 0:
+        return float("nan")
+    overlap = int(np.logical_and(prediction, truth).sum())
+    return 2.0 * overlap / (int(prediction.sum()) + truth_area)
+
+
+def case_mean(task: Task, per_slice: np.ndarray) -> float:
+    """Mean over cases of each case's mean slice Dice (slices without a Dice are left out)."""
+    by_case: dict[str, list[float]] = {}
+    for piece, value in zip(task.slices, per_slice, strict=False):
+        if not np.isnan(value):
+            by_case.setdefault(piece.case, []).append(float(value))
+    return float(np.mean([np.mean(v) for v in by_case.values()])) if by_case else float("nan")
+
+
+class Evaluator:
+    """One resident SAM of `arch`; `load(state)` swaps weights in, `dice(task, mode)` scores them."""
+
+    def __init__(
+        self,
+        arch: SamArchitecture,
+        device: torch.device | str | None = None,
+        encoder_batch: int = 8,
+    ) -> None:
+        self.arch = arch
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model: Sam = build_sam(arch, self.device)
+        self.model.requires_grad_(False)
+        self.encoder_batch = encoder_batch
+        self._prepared: dict[tuple[str, str, str], tuple[Task, PreparedSlices]] = {}
+
+    @torch.no_grad()
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy a merged state dict (e.g. the merge engine's views) into the resident model, in place."""
+        for name, tensor in self.model.state_dict().items():
+            if name in state:
+                tensor.copy_(state[name])
+            elif name not in ("pixel_mean", "pixel_std"):
+                raise KeyError(f"the state dict has no {name}")
+
+    def prepare(self, task: Task, normalization: str, geometry: str) -> PreparedSlices:
+        """Encoder inputs, frames and model-space boxes of all of `task`'s slices, cached per task and mode."""
+        key = (task.name, normalization, geometry)
+        cached = self._prepared.get(key)
+        if cached is not None and cached[0] is task:
+            return cached[1]
+        shape = imaging.get_geometry(geometry)
+        size = self.arch.image_size
+        inputs, frames, boxes = [], [], []
+        for piece in task.slices:
+            model_input, frame = shape.prepare(piece.image, size)
+            inputs.append(imaging.encoder_input(model_input, frame, normalization))
+            frames.append(frame)
+            boxes.append(torch.as_tensor(shape.box_to_model(piece.boxes, frame), dtype=torch.float32))
+        prepared = PreparedSlices(
+            inputs=torch.from_numpy(np.stack(inputs)).to(self.device),
+            frames=tuple(frames),
+            boxes=tuple(b.to(self.device) for b in boxes),
+            masks=tuple(piece.mask for piece in task.slices),
+        )
+        self._prepared[key] = (task, prepared)
+        return prepared
+
+    @torch.no_grad()
+    def predict(self, prepared: PreparedSlices, start: int, stop: int) -> list[torch.Tensor]:
+        """Low-resolution logits per slice in [start, stop): one encoder batch, one decoder call for all boxes."""
+        model = self.model
+        embeddings = model.image_encoder(prepared.inputs[start:stop])
+        counts = [prepared.boxes[i].shape[0] for i in range(start, stop)]
+        owner = torch.repeat_interleave(
+            torch.arange(stop - start, device=self.device), torch.tensor(counts, device=self.device)
+        )
+        sparse, dense = model.prompt_encoder(points=None, boxes=torch.cat(prepared.boxes[start:stop]), masks=None)
+        logits, _ = decode_boxes(
+            model.mask_decoder, embeddings.index_select(0, owner), model.prompt_encoder.get_dense_pe(), sparse, dense
+        )
+        return list(logits.split(counts))
+
+    def dice(
+        self, task: Task, normalization: str, geometry: str | None = None, budget: int | None = None
+    ) -> np.ndarray:
+        """Dice of each of the first `budget` slices under (normalisation, geometry; geometry defaults to the
+        normalisation's name: `sam` resize-and-pad, `medsam` stretch). float64 (n,)."""
+        count = len(task.budget(budget))
+        geometry = geometry or normalization
+        prepared = self.prepare(task, normalization, geometry)
+        shape = imaging.get_geometry(geometry)
+        scores = np.empty(count)
+        for start in range(0, count, self.encoder_batch):
+            stop = min(start + self.encoder_batch, count)
+            for offset, logits in enumerate(self.predict(prepared, start, stop)):
+                i = start + offset
+                masks = shape.mask_to_image(logits.float().cpu().numpy(), prepared.frames[i], self.arch.image_size)
+                scores[i] = dice(masks.any(axis=0), prepared.masks[i])
+        return scores
