@@ -10,7 +10,8 @@ a single image's embedding for every prompt, so a per-slice call is launch-bound
 Dice conventions: a slice's prediction is the union of its boxes' masks; Dice = 2|P ∩ G| / (|P| + |G|) on the
 image's own pixel grid; a slice with an empty ground truth has no Dice (NaN; loaders keep only foreground slices).
 `case_mean` averages per case first, then over cases, so a case with many slices does not dominate.
-CPU: fp32. (GPU paths — bf16, SDPA attention, torch.compile — are not built yet.)
+Attention runs fused (`search/attention.py`: SDPA with the relative position as an additive bias). Precision: fp32
+on CPU; bf16 autocast on GPU by default (not yet measured on a GPU; torch.compile is not wired in yet).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from segment_anything.modeling import MaskDecoder, Sam
 
 from search.architectures import SamArchitecture, build_sam
+from search.attention import use_fused_attention
 from search.merge.engine import default_device
 from search.tasks import Task
 from service import imaging
@@ -93,11 +95,17 @@ class Evaluator:
         arch: SamArchitecture,
         device: torch.device | str | None = None,
         encoder_batch: int = 8,
+        fused_attention: bool = True,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        """`dtype` is the autocast compute type: bf16 on a GPU by default, fp32 (no autocast) on CPU."""
         self.arch = arch
         self.device = torch.device(device) if device is not None else default_device()
         self.model: Sam = build_sam(arch, self.device)
         self.model.requires_grad_(False)
+        if fused_attention:
+            use_fused_attention(self.model.image_encoder)
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.encoder_batch = encoder_batch
         self._prepared: dict[tuple[str, str, str], tuple[Task, PreparedSlices]] = {}
 
@@ -137,16 +145,23 @@ class Evaluator:
     def predict(self, prepared: PreparedSlices, start: int, stop: int) -> list[torch.Tensor]:
         """Low-resolution logits per slice in [start, stop): one encoder batch, one decoder call for all boxes."""
         model = self.model
-        embeddings = model.image_encoder(prepared.inputs[start:stop])
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        with autocast:
+            embeddings = model.image_encoder(prepared.inputs[start:stop])
         counts = [prepared.boxes[i].shape[0] for i in range(start, stop)]
         owner = torch.repeat_interleave(
             torch.arange(stop - start, device=self.device), torch.tensor(counts, device=self.device)
         )
         sparse, dense = model.prompt_encoder(points=None, boxes=torch.cat(prepared.boxes[start:stop]), masks=None)
-        logits, _ = decode_boxes(
-            model.mask_decoder, embeddings.index_select(0, owner), model.prompt_encoder.get_dense_pe(), sparse, dense
-        )
-        return list(logits.split(counts))
+        with autocast:
+            logits, _ = decode_boxes(
+                model.mask_decoder,
+                embeddings.index_select(0, owner),
+                model.prompt_encoder.get_dense_pe(),
+                sparse,
+                dense,
+            )
+        return list(logits.float().split(counts))
 
     def dice(
         self, task: Task, normalization: str, geometry: str | None = None, budget: int | None = None

@@ -117,3 +117,13 @@ def test_dice_conventions(task: Task) -> None:
     assert dice(np.zeros((4, 4), bool), truth) == 0.0
     per_slice = np.array([1.0, 0.0, 0.5, np.nan, 0.2])  # cases: case0 = [1, 0], case1 = [0.5, nan], case2 = [0.2]
     assert case_mean(task, per_slice) == pytest.approx(np.mean([0.5, 0.5, 0.2]))
+
+
+def test_bf16_autocast_stays_close_to_fp32(task: Task, state) -> None:
+    """The GPU default (bf16 autocast) exercised on CPU: same code path, looser numbers."""
+    results = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        evaluator = Evaluator(ARCHITECTURES["tiny"], device="cpu", dtype=dtype)
+        evaluator.load(state)
+        results[dtype] = evaluator.dice(task, "sam")
+    np.testing.assert_allclose(results[torch.bfloat16], results[torch.float32], atol=0.05)
