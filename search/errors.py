@@ -18,3 +18,7 @@ class RecipeError(MedSAMixError):
 
 class MergeError(MedSAMixError):
     """Inputs that cannot be merged together, or a merge method given unusable parameters."""
+
+
+class DataError(MedSAMixError):
+    """Calibration data that is missing, unreadable, inconsistent, or leaves no slice to evaluate."""
