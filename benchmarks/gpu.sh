@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The prepared GPU measurement (one run on a lent H200): merge and evaluator benchmarks, JSON into ${OUT:-.}.
+# The GPU image has torch but not segment-anything or pydantic: put their wheels (for its Python) in .whl/ first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+out="${OUT:-.}"
+nvidia-smi -L
+python3 benchmarks/merge_bench.py --device cuda --runs 20 --compare-cpu --json "$out/merge-gpu.json"
+python3 benchmarks/evaluate_bench.py --device cuda --runs 10 --vit-b-batch 16 --json "$out/evaluate-gpu.json"
