@@ -127,3 +127,12 @@ def test_bf16_autocast_stays_close_to_fp32(task: Task, state) -> None:
         evaluator.load(state)
         results[dtype] = evaluator.dice(task, "sam")
     np.testing.assert_allclose(results[torch.bfloat16], results[torch.float32], atol=0.05)
+
+
+def test_compiled_encoder_gives_the_same_dice(task: Task, state) -> None:
+    """The GPU default compiles the encoder; tracing it (eager backend: no codegen) must not change results."""
+    plain = Evaluator(ARCHITECTURES["tiny"], device="cpu", compile_backend=None)
+    traced = Evaluator(ARCHITECTURES["tiny"], device="cpu", compile_backend="eager")
+    for evaluator in (plain, traced):
+        evaluator.load(state)
+    np.testing.assert_allclose(traced.dice(task, "sam"), plain.dice(task, "sam"), atol=1e-6)
