@@ -103,6 +103,16 @@ def cmd_groups(args: argparse.Namespace) -> None:
     console.print(table)
 
 
+def cmd_zoo(args: argparse.Namespace) -> None:
+    from search.zoo import ZooConfig, build_zoo
+
+    config = ZooConfig() if args.scale == 1.0 else ZooConfig().scaled(args.scale)
+    record = build_zoo(args.output, config, wheel=args.nilearn_wheel, log=console.print)
+    if record["premise"]["violations"]:
+        raise MedSAMixError(f"the zoo in {args.output} does not show the premise: {record['premise']['violations'][0]}")
+    console.print(f"wrote the zoo to {args.output} in {record['seconds']['total']:.0f} s")
+
+
 def _granularity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--granularity",
@@ -145,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("--arch", default="vit_b")
     _granularity(groups)
     groups.set_defaults(run=cmd_groups)
+
+    zoo = commands.add_parser("zoo", help="train the tiny model zoo (base + CT and MR specialists) and its datasets")
+    zoo.add_argument("-o", "--output", default="tests/zoo", help="output folder (default: tests/zoo)")
+    zoo.add_argument("--nilearn-wheel", default=None, help="read the MNI template from this nilearn wheel file")
+    zoo.add_argument("--scale", type=float, default=1.0, help="scale every stage's steps (quick checks only)")
+    zoo.set_defaults(run=cmd_zoo)
     return parser
 
 
