@@ -11,4 +11,4 @@ fi
 out="${OUT:-.}"
 nvidia-smi -L
 python3 benchmarks/merge_bench.py --device cuda --runs 20 --compare-cpu --json "$out/merge-gpu.json"
-python3 benchmarks/evaluate_bench.py --device cuda --runs 10 --vit-b-batch 16 --json "$out/evaluate-gpu.json"
+python3 benchmarks/eval_bench.py --device cuda --runs 10 --vit-b-batch 16 --json "$out/evaluate-gpu.json"

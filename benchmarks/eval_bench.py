@@ -1,7 +1,10 @@
 """Evaluator speed: encoder images/s (stock vs fused attention), decoder boxes/s (per-slice stock calls vs one
 batched call across slices), and whole-evaluator slices/s on the tiny model. Random weights; median of --runs.
 
-    python benchmarks/evaluate_bench.py --device cpu --runs 3 --json eval-cpu.json
+    python benchmarks/eval_bench.py --device cpu --runs 3 --json eval-cpu.json
+
+Throughput is also given as achieved GFLOP/s (ViT-B: 972 GFLOP per 1024² image) and, on a GPU, as MFU against the
+H200's measured bf16 matmul rate (about 790 TFLOP/s); a CPU has no such published peak here, so no MFU there.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ def median_time(fn, device: str, runs: int) -> float:
     return statistics.median(times)
 
 
+VIT_B_GFLOP_PER_IMAGE = 972.0
+H200_BF16_TFLOPS = 790.0
+
+
 def encoder_rate(arch_name: str, device: str, batch: int, runs: int, dtype: torch.dtype) -> dict[str, float]:
     arch = get_architecture(arch_name)
     evaluator = Evaluator(arch, device=device, fused_attention=False, dtype=dtype)
@@ -52,10 +59,16 @@ def encoder_rate(arch_name: str, device: str, batch: int, runs: int, dtype: torc
         with torch.no_grad(), autocast:
             encoder(images)
 
-    stock = batch / median_time(run, device, runs)
+    rates = {"stock_images_per_s": batch / median_time(run, device, runs)}
     use_fused_attention(encoder)
-    fused = batch / median_time(run, device, runs)
-    return {"stock_images_per_s": stock, "fused_images_per_s": fused}
+    rates["fused_images_per_s"] = batch / median_time(run, device, runs)
+    if arch_name == "vit_b":
+        for variant in ("stock", "fused"):
+            gflops = rates[f"{variant}_images_per_s"] * VIT_B_GFLOP_PER_IMAGE
+            rates[f"{variant}_gflop_per_s"] = gflops
+            if device == "cuda":
+                rates[f"{variant}_mfu"] = gflops / (H200_BF16_TFLOPS * 1e3)
+    return rates
 
 
 def decoder_rate(arch_name: str, device: str, images: int, runs: int) -> dict[str, float]:
