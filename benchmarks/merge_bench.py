@@ -31,6 +31,7 @@ from search.groups import Granularity, layer_groups  # noqa: E402
 from search.merge import METHODS  # noqa: E402
 from search.merge.engine import MergeEngine, flat_layout  # noqa: E402
 from search.merge.packing import Packing, kth_largest, radix_select  # noqa: E402
+from search.merge.task_arithmetic import magnitude_thresholds  # noqa: E402
 
 NAMES = ["sam", "medsam", "medicosam", "hospital"]
 FINE_TUNE_SCALE = 1e-3
@@ -107,9 +108,7 @@ def threshold_masks(engine: MergeEngine, density: float, select, chunking: str) 
     for start, stop, lengths in chunks:
         packing = Packing(lengths, (0,) * len(lengths))
         scores = torch.stack([m[start:stop] - base[start:stop] for m in models]).abs()
-        k = (torch.tensor(lengths, dtype=torch.float64, device=scores.device) * density + 0.5).floor().long()
-        threshold = select(scores, k.expand(len(models), -1).clamp(min=1), packing)
-        masks.append(scores >= packing.expand(threshold))
+        masks.append(scores >= packing.expand(magnitude_thresholds(scores, density, packing, select)))
     return torch.cat(masks, dim=1)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from scipy import ndimage
 
-from search.errors import DataError
+from search.errors import DataError, first_validation_error
 from search.tasks import Slice, Task
 from service.imaging import PRESETS, ImagingError, to_uint8
 
@@ -592,9 +592,7 @@ def parse_spec(data: DataSpec | Mapping[str, Any]) -> DataSpec:
     try:
         return DataSpec.model_validate(dict(data))
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "spec"
-        raise DataError(f"data spec {where}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise DataError(f"data spec {first_validation_error(error, 'spec')}") from None
 
 
 def open_loader(spec: DataSpec) -> Loader:

@@ -3,6 +3,13 @@
 The CLI prints them without a traceback; anything else escaping is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class MedSAMixError(Exception):
     """Base of every user-facing error."""
@@ -22,3 +29,10 @@ class MergeError(MedSAMixError):
 
 class DataError(MedSAMixError):
     """Calibration data that is missing, unreadable, inconsistent, or leaves no slice to evaluate."""
+
+
+def first_validation_error(error: ValidationError, whole: str) -> str:
+    """'field.path: message' for a pydantic error's first problem (`whole` when it is about the whole input)."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or whole
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"

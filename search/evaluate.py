@@ -187,6 +187,6 @@ class Evaluator:
             stop = min(start + self.encoder_batch, count)
             for offset, logits in enumerate(self.predict(prepared, start, stop)):
                 i = start + offset
-                masks = shape.mask_to_image(logits.float().cpu().numpy(), prepared.frames[i], self.arch.image_size)
+                masks = shape.mask_to_image(logits.cpu().numpy(), prepared.frames[i], self.arch.image_size)
                 scores[i] = dice(masks.any(axis=0), prepared.masks[i])
         return scores

@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.architectures import ARCHITECTURES, SamArchitecture, get_architecture
-from search.errors import MergeError, RecipeError
+from search.errors import MergeError, RecipeError, first_validation_error
 from search.groups import Granularity, LayerGroup, layer_groups
 from search.io import atomic_write
 from search.merge import MergeMethod, get_method
@@ -154,13 +154,6 @@ def uniform_recipe(
     )
 
 
-def _first_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "recipe"
-    message = first["msg"].removeprefix("Value error, ")
-    return f"{where}: {message}"
-
-
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     """A validated recipe from YAML text; `source` names it in errors."""
     try:
@@ -175,7 +168,7 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:
-        raise RecipeError(f"{source}: {_first_error(error)}") from None
+        raise RecipeError(f"{source}: {first_validation_error(error, 'recipe')}") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -14,6 +14,7 @@ DARE https://arxiv.org/abs/2311.03099.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
@@ -29,11 +30,16 @@ LAMBDA_CONSENSUS = FloatParam("lambda", 0.0, 1.0, 1.0, doc="scale of the combine
 DENSITY = FloatParam("density", 0.0, 1.0, 0.5, doc="fraction of each task vector's entries kept")
 
 
-def _thresholds(scores: torch.Tensor, density: float, packing: Packing) -> torch.Tensor:
-    """(n, S) float32 thresholds keeping round(density·length) entries; +inf where that is 0 (nothing kept)."""
+def magnitude_thresholds(
+    scores: torch.Tensor, density: float, packing: Packing, select: Callable[..., torch.Tensor] = kth_largest
+) -> torch.Tensor:
+    """(n, S) float32 thresholds keeping round(density·length) entries; +inf where that is 0 (nothing kept).
+
+    `select(scores, k, packing)` finds the k-th largest per row and segment (swappable for benchmarking).
+    """
     lengths = torch.tensor(packing.lengths, dtype=torch.float64, device=scores.device)
     k = torch.floor(lengths * density + 0.5).to(torch.int64).expand(scores.shape[0], -1)
-    threshold = kth_largest(scores, k.clamp(min=1), packing)
+    threshold = select(scores, k.clamp(min=1), packing)
     return torch.where(k > 0, threshold, torch.inf)
 
 
@@ -58,7 +64,7 @@ def task_vector_merge(
     if sparsify == "magnitude":
         # Magnitudes compared in float32, the precision the threshold is selected in.
         scores = torch.abs(tau, out=flags) if wide == torch.float32 else tau.abs().to(torch.float32)
-        tau *= torch.ge(scores, packing.expand(_thresholds(scores, density, packing)), out=flags)
+        tau *= torch.ge(scores, packing.expand(magnitude_thresholds(scores, density, packing)), out=flags)
     elif sparsify == "random":
         tau *= torch.lt(packing.uniform(len(models), base.device), density, out=flags)
         if density > 0:
