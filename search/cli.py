@@ -113,6 +113,57 @@ def cmd_zoo(args: argparse.Namespace) -> None:
     console.print(f"wrote the zoo to {args.output} in {record['seconds']['total']:.0f} s")
 
 
+def cmd_search(args: argparse.Namespace) -> None:
+    from search.config import load_search_config
+    from search.optimize import Search
+
+    config = load_search_config(args.config)
+    overrides = {"workers": args.workers, "scheduler": args.scheduler, "device": args.device, "trials": args.trials}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.output is not None:
+        overrides["output"] = Path(args.output).resolve()
+    if args.scheduler is not None:
+        overrides["workers"] = 1
+    config = config.model_validate({**config.model_dump(), **overrides})
+    result = Search(config, overwrite=args.overwrite, report=not args.no_report, console=console).run()
+    dice = ", ".join(f"{task} {value:.4f}" for task, value in result.best_dice.items())
+    console.print(f"best calibration Dice: {dice}; recipe {Path(config.output) / 'best.yaml'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from search.checkpoints import load_checkpoint
+    from search.config import load_task_specs
+    from search.data import load_task
+    from search.evaluate import Evaluator
+    from search.merge.engine import load_recipe_inputs
+    from search.recipe import load_recipe
+    from search.scores import score
+
+    path = Path(args.model)
+    if path.suffix in (".yaml", ".yml"):
+        recipe = load_recipe(path)
+        engine = load_recipe_inputs(recipe, path.resolve().parent, device=args.device)
+        arch, state = engine.arch, engine.merge_recipe(recipe)
+        normalization = args.normalization or recipe.preprocessing.normalization
+    else:
+        checkpoint = load_checkpoint(path)
+        arch, state = checkpoint.arch, checkpoint.state_dict
+        normalization = args.normalization or "sam"
+    loaded = {spec.name: load_task(spec) for spec in load_task_specs(args.tasks)}
+    splits = {"calibration": {n: t[0] for n, t in loaded.items()}, "test": {n: t[1] for n, t in loaded.items()}}
+    if args.split != "both":
+        splits = {args.split: splits[args.split]}
+    scores = score(Evaluator(arch, device=args.device), state, normalization, splits)
+    table = Table(title=f"Dice of {path.name} ({arch.name}, {normalization} convention)")
+    table.add_column("task")
+    for split in splits:
+        table.add_column(split, justify="right")
+    for task, values in scores.items():
+        table.add_row(task, *(f"{values[s]:.4f}" for s in splits))
+    table.add_row("mean", *(f"{sum(v[s] for v in scores.values()) / len(scores):.4f}" for s in splits), style="bold")
+    console.print(table)
+
+
 def _granularity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--granularity",
@@ -155,6 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     groups.add_argument("--arch", default="vit_b")
     _granularity(groups)
     groups.set_defaults(run=cmd_groups)
+
+    search = commands.add_parser("search", help="search merge recipes with SMAC; rerun the same command to resume")
+    search.add_argument("config", help="the search configuration (YAML)")
+    search.add_argument("-o", "--output", default=None, help="run folder (default: the configuration's output)")
+    search.add_argument("--trials", type=int, default=None, help="number of trials (more than before continues)")
+    search.add_argument("--workers", type=int, default=None, help="run trials on a local Dask cluster of N workers")
+    search.add_argument("--scheduler", default=None, help="run trials on an existing Dask cluster (tcp://HOST:PORT)")
+    search.add_argument("--device", default=None, help="torch device of the trials (default: the config's, auto)")
+    search.add_argument("--overwrite", action="store_true", help="discard what the run folder holds and start again")
+    search.add_argument("--no-report", action="store_true", help="skip the report (plots and Dice tables)")
+    search.set_defaults(run=cmd_search)
+
+    evaluate = commands.add_parser("evaluate", help="Dice per task of a recipe or checkpoint on calibration/test")
+    evaluate.add_argument("model", help="a merge recipe (.yaml) or a checkpoint")
+    evaluate.add_argument("--tasks", required=True, help="a YAML file with a 'tasks' list (e.g. a search config)")
+    evaluate.add_argument("--normalization", choices=["sam", "medsam"], default=None, help="override the convention")
+    evaluate.add_argument("--split", choices=["calibration", "test", "both"], default="both")
+    evaluate.add_argument("--device", default=None)
+    evaluate.set_defaults(run=cmd_evaluate)
 
     zoo = commands.add_parser("zoo", help="train the tiny model zoo (base + CT and MR specialists) and its datasets")
     zoo.add_argument("-o", "--output", default="tests/zoo", help="output folder (default: tests/zoo)")

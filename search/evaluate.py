@@ -27,6 +27,7 @@ from search.architectures import SamArchitecture, build_sam
 from search.attention import use_fused_attention
 from search.merge.engine import default_device
 from search.tasks import Task
+from search.timing import Stopwatch
 from service import imaging
 
 
@@ -117,6 +118,7 @@ class Evaluator:
             else self.model.image_encoder
         )
         self.encoder_batch = encoder_batch
+        self.stopwatch = Stopwatch(self.device)
         self._prepared: dict[tuple[str, str, str], tuple[Task, PreparedSlices]] = {}
 
     @torch.no_grad()
@@ -156,21 +158,22 @@ class Evaluator:
         """Low-resolution logits per slice in [start, stop): one encoder batch, one decoder call for all boxes."""
         model = self.model
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
-        with autocast:
+        with autocast, self.stopwatch("encoder"):
             embeddings = self.encoder(prepared.inputs[start:stop])
         counts = [prepared.boxes[i].shape[0] for i in range(start, stop)]
         owner = torch.repeat_interleave(
             torch.arange(stop - start, device=self.device), torch.tensor(counts, device=self.device)
         )
-        sparse, dense = model.prompt_encoder(points=None, boxes=torch.cat(prepared.boxes[start:stop]), masks=None)
-        with autocast:
-            logits, _ = decode_boxes(
-                model.mask_decoder,
-                embeddings.index_select(0, owner),
-                model.prompt_encoder.get_dense_pe(),
-                sparse,
-                dense,
-            )
+        with self.stopwatch("decoder"):
+            sparse, dense = model.prompt_encoder(points=None, boxes=torch.cat(prepared.boxes[start:stop]), masks=None)
+            with autocast:
+                logits, _ = decode_boxes(
+                    model.mask_decoder,
+                    embeddings.index_select(0, owner),
+                    model.prompt_encoder.get_dense_pe(),
+                    sparse,
+                    dense,
+                )
         return list(logits.float().split(counts))
 
     def dice(
@@ -187,6 +190,7 @@ class Evaluator:
             stop = min(start + self.encoder_batch, count)
             for offset, logits in enumerate(self.predict(prepared, start, stop)):
                 i = start + offset
-                masks = shape.mask_to_image(logits.cpu().numpy(), prepared.frames[i], self.arch.image_size)
-                scores[i] = dice(masks.any(axis=0), prepared.masks[i])
+                with self.stopwatch("masks"):
+                    masks = shape.mask_to_image(logits.cpu().numpy(), prepared.frames[i], self.arch.image_size)
+                    scores[i] = dice(masks.any(axis=0), prepared.masks[i])
         return scores

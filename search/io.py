@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one."""
+"""File I/O shared by every command: atomic writes (a reader sees the old file or the complete new one, never half
+of one) and YAML read safely (`safe_load`: no tags that run code) into a mapping."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.errors import MedSAMixError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -27,3 +33,19 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         temp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def yaml_mapping(text: str, source: str, expected: str, error: type[MedSAMixError]) -> dict[str, Any]:
+    """The mapping a YAML document holds; `error(one sentence)` for bad syntax or another kind of document.
+
+    `expected` names the keys the caller wants (for the message), e.g. "base, models and groups"."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        reason = getattr(problem, "problem", None) or "invalid syntax"
+        raise error(f"{source} is not valid YAML{line}: {reason}") from None
+    if not isinstance(data, dict):
+        raise error(f"{source} must be a YAML mapping with {expected}; found {type(data).__name__}")
+    return data

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search.architectures import ARCHITECTURES, SamArchitecture, get_architecture
 from search.errors import MergeError, RecipeError, first_validation_error
 from search.groups import Granularity, LayerGroup, layer_groups
-from search.io import atomic_write
+from search.io import atomic_write, yaml_mapping
 from search.merge import MergeMethod, get_method
 
 
@@ -156,15 +156,7 @@ def uniform_recipe(
 
 def parse_recipe(text: str, source: str = "recipe") -> Recipe:
     """A validated recipe from YAML text; `source` names it in errors."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or "invalid syntax"
-        raise RecipeError(f"{source} is not valid YAML{line}: {problem}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{source} must be a YAML mapping with base, models and groups; found {type(data).__name__}")
+    data = yaml_mapping(text, source, "base, models and groups", RecipeError)
     try:
         return Recipe.model_validate(data)
     except ValidationError as error:

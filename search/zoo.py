@@ -459,6 +459,25 @@ def task_specs(root: Path) -> dict[str, dict[str, Any]]:
     return specs
 
 
+def search_config(root: Path, tasks: Sequence[str], **settings: Any) -> dict[str, Any]:
+    """A `medsamix search` configuration over the zoo's three models and some of its tasks (JSON-ready, paths
+    relative to `root`); `settings` add or replace top-level keys (trials, budget, output, ...)."""
+    specs = task_specs(Path(root))
+    inputs = [
+        {"name": name, "path": str(Path(root) / file), "normalization": convention}
+        for name, (file, convention, _) in MODELS.items()
+    ]
+    unknown = [t for t in tasks if t not in specs]
+    if unknown:
+        raise DataError(f"unknown zoo task '{unknown[0]}': expected some of {', '.join(specs)}")
+    return {
+        "base": inputs[0],
+        "models": inputs[1:],
+        "tasks": [{**specs[t], "path": str(specs[t]["path"])} for t in tasks],
+        **settings,
+    }
+
+
 def premise_table(root: Path, budget: int | None = None) -> dict[str, dict[str, float]]:
     """Dice (case_mean over the test split) of every zoo model on every task, each model in its convention."""
     from search.checkpoints import load_checkpoint

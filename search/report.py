@@ -1,0 +1,243 @@
+"""The search report: `report/report.md` and its PNG plots, in the run folder.
+
+What a person checks after a search: how the objective moved (or the front, for two tasks), which method and
+parameters each layer group got (like the paper's Table 5), and the Dice of every input, the uniform baselines and
+the merge on calibration and held-out cases (like its Tables 1-2), plus where a trial's time went.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from search.config import SearchConfig  # noqa: E402
+from search.io import atomic_write  # noqa: E402
+from search.merge.engine import MergeEngine  # noqa: E402
+from search.recipe import Recipe, uniform_recipe  # noqa: E402
+from search.scores import Table, markdown_table, score  # noqa: E402
+from search.trial import TrialRunner  # noqa: E402
+
+BASELINES = ("linear", "task_arithmetic", "ties", "slerp")  # the paper's uniform baselines, at declared defaults
+SPLITS = ["calibration", "test"]
+METHOD_COLOURS = {
+    "linear": "#4e79a7",
+    "task_arithmetic": "#f28e2b",
+    "ties": "#e15759",
+    "dare": "#76b7b2",
+    "dare_ties": "#59a14f",
+    "slerp": "#edc948",
+    "model_stock": "#b07aa1",
+    "pick": "#bab0ac",
+}
+
+
+def _save(figure: plt.Figure, path: Path) -> str:
+    atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(figure)
+    return path.name
+
+
+def score_table(config: SearchConfig, runner: TrialRunner, merges: dict[str, Recipe]) -> tuple[Table, dict[str, str]]:
+    """Dice of each input (under its own convention), each uniform baseline (under whichever allowed convention
+    scores best on calibration) and each merge, on both splits. Also returns each row's convention."""
+    splits = {"calibration": runner.tasks, "test": runner.tests}
+    engine: MergeEngine = runner.engine
+    table: Table = {}
+    conventions: dict[str, str] = {}
+    for i, model in enumerate((config.base, *config.models)):
+        state = {**engine.layout.views(engine.inputs[i]), **engine.buffers}
+        table[model.name] = score(runner.evaluator, state, model.normalization, splits)
+        conventions[model.name] = model.normalization
+    recipe = next(iter(merges.values()))
+    granularity = recipe.granularity.to_granularity()
+    for method in BASELINES:
+        if method not in config.methods:
+            continue
+        states = {}
+        for normalization in config.normalizations:
+            uniform = uniform_recipe(recipe.base, recipe.models, engine.arch, method, granularity, normalization)
+            states[normalization] = score(
+                runner.evaluator, engine.merge_recipe(uniform), normalization, {"calibration": runner.tasks}
+            )
+        chosen = max(states, key=lambda n: np.mean([s["calibration"] for s in states[n].values()]))
+        uniform = uniform_recipe(recipe.base, recipe.models, engine.arch, method, granularity, chosen)
+        row = f"uniform {method}"
+        table[row] = score(runner.evaluator, engine.merge_recipe(uniform), chosen, splits)
+        conventions[row] = chosen
+    for name, merge in merges.items():
+        normalization = merge.preprocessing.normalization
+        table[name] = score(runner.evaluator, engine.merge_recipe(merge), normalization, splits)
+        conventions[name] = normalization
+    return table, conventions
+
+
+def objective_plot(entries: list[dict[str, Any]], tasks: list[str], budget: int, path: Path) -> str:
+    """Mean calibration Dice per trial (full-budget trials solid, lower budgets faint) and the best so far."""
+    figure, ax = plt.subplots(figsize=(7, 3.6))
+    done = [e for e in entries if e["status"] == "success"]
+    full = [e for e in done if e["budget"] == budget]
+    low = [e for e in done if e["budget"] != budget]
+    mean = lambda e: float(np.mean([e["dice"][t] for t in tasks]))  # noqa: E731
+    if low:
+        ax.scatter([e["trial"] for e in low], [mean(e) for e in low], s=12, alpha=0.35, label="lower budget")
+    ax.scatter([e["trial"] for e in full], [mean(e) for e in full], s=16, label=f"full budget ({budget} slices)")
+    order = sorted(full, key=lambda e: e["trial"])
+    ax.step([e["trial"] for e in order], np.maximum.accumulate([mean(e) for e in order]), where="post", label="best")
+    crashed = [e["trial"] for e in entries if e["status"] != "success"]
+    if crashed:
+        ax.scatter(crashed, [0.0] * len(crashed), marker="x", color="k", label="crashed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("calibration Dice" + (" (mean over tasks)" if len(tasks) > 1 else ""))
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def front_plot(entries: list[dict[str, Any]], front: list[dict[str, Any]], best: dict[str, Any], tasks, path) -> str:
+    """Two tasks: every full-budget trial's calibration Dice on each, the Pareto front and the picked model."""
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    x, y = tasks
+    ax.scatter([e["dice"][x] for e in entries], [e["dice"][y] for e in entries], s=12, alpha=0.4, label="trials")
+    ordered = sorted(front, key=lambda e: e["dice"][x])
+    ax.plot([e["dice"][x] for e in ordered], [e["dice"][y] for e in ordered], "o-", color="C3", label="Pareto front")
+    ax.scatter([best["dice"][x]], [best["dice"][y]], marker="*", s=220, color="gold", edgecolor="k", label="picked")
+    ax.set_xlabel(f"{x} calibration Dice")
+    ax.set_ylabel(f"{y} calibration Dice")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    parts = []
+    for name, value in params.items():
+        if isinstance(value, dict):
+            parts.append(f"{name} " + " ".join(f"{k} {v:.2f}" for k, v in value.items()))
+        elif isinstance(value, float):
+            parts.append(f"{name} {value:.2f}")
+        else:
+            parts.append(f"{name} {value}")
+    return ", ".join(parts)
+
+
+def recipe_plot(recipe: Recipe, path: Path) -> str:
+    """One row per layer group: its method (coloured) and parameters."""
+    rows = [[g.group, g.method, _params_text(g.params)] for g in recipe.groups]
+    figure, ax = plt.subplots(figsize=(12, 0.26 * (len(rows) + 1) + 0.4))
+    ax.axis("off")
+    table = ax.table(
+        cellText=rows,
+        colLabels=["layer group", "method", "parameters"],
+        cellLoc="left",
+        colWidths=[0.42, 0.12, 0.46],
+        bbox=[0, 0, 1, 1],
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    for i, group in enumerate(recipe.groups, start=1):
+        table[i, 1].set_facecolor(METHOD_COLOURS.get(group.method, "white"))
+    ax.set_title(f"recipe (normalisation: {recipe.preprocessing.normalization})", fontsize=10)
+    return _save(figure, path)
+
+
+def dice_plot(table: Table, split: str, path: Path) -> str:
+    """Grouped bars: Dice per task on one split, one bar per model."""
+    tasks = list(next(iter(table.values())))
+    figure, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks) + 2), 3.8))
+    width = 0.8 / len(table)
+    for i, (row, scores) in enumerate(table.items()):
+        ax.bar(np.arange(len(tasks)) + i * width, [scores[t][split] for t in tasks], width, label=row)
+    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks)
+    ax.set_ylabel(f"Dice ({split})")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def timing_lines(entries: list[dict[str, Any]]) -> list[str]:
+    done = [e for e in entries if e["status"] == "success"]
+    sections = sorted({k for e in done for k in e["timings"]})
+    lines = ["| section | median s per trial |", "|---|---:|"]
+    lines += [f"| {s} | {np.median([e['timings'].get(s, 0.0) for e in done]):.3f} |" for s in sections]
+    if len(done) > 1:
+        span = max(e["ended"] for e in done) - min(e["started"] for e in done)
+        lines.append(f"\n{len(done)} trials in {span:.0f} s of trial time: {60 * len(done) / span:.1f} trials/min")
+    return lines
+
+
+def write_report(out: Path, config: SearchConfig, runner: TrialRunner, result, space) -> Path:
+    """Score, plot and write `out/report/report.md`; returns its path."""
+    folder = out / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    tasks = [t.name for t in config.tasks]
+    merges = {"MedSAMix (picked)" if config.multi_task else "MedSAMix": result.best}
+    table, conventions = score_table(config, runner, merges)
+    budget = max(e["budget"] for e in result.entries)
+    plots = {"objective": objective_plot(result.entries, tasks, budget, folder / "objective.png")}
+    if len(tasks) == 2 and result.front:
+        full = [e for e in result.entries if e["status"] == "success" and e["budget"] == budget]
+        best = next(e for e in result.front if e["dice"] == result.best_dice)
+        plots["front"] = front_plot(full, result.front, best, tasks, folder / "front.png")
+    plots["recipe"] = recipe_plot(result.best, folder / "recipe.png")
+    plots["test"] = dice_plot(table, "test", folder / "dice_test.png")
+    records = runner.splits
+    splits = records.items()
+    lines = [
+        f"# MedSAMix search report — {', '.join(tasks)}",
+        "",
+        f"Written {datetime.datetime.now().isoformat(timespec='seconds')} on {platform.node()} "
+        f"({platform.machine()}); {len(result.entries)} trials, seed {config.seed}, "
+        f"{'ParEGO over ' + str(len(tasks)) + ' tasks' if config.multi_task else 'single task'}, "
+        f"search space of {len(space.space)} hyperparameters, methods {', '.join(config.methods)}.",
+        "",
+        "## Dice per task",
+        "",
+        "Mean over cases of each case's mean slice Dice. Inputs run under their own convention; each uniform baseline "
+        "(every group the same method at its declared defaults) under the allowed convention that scores best on "
+        "calibration. Held-out cases were never seen by the search.",
+        "",
+        markdown_table(table, SPLITS),
+        "",
+        "Conventions: " + ", ".join(f"{row}: {c}" for row, c in conventions.items()) + ".",
+        "",
+        f"![Dice on held-out cases]({plots['test']})",
+        "",
+        "## Search",
+        "",
+        f"![objective]({plots['objective']})",
+    ]
+    if "front" in plots:
+        lines += ["", f"![Pareto front]({plots['front']})"]
+    if result.front:
+        lines += ["", f"Pareto front: {len(result.front)} configurations; picked by rule `{config.pick}`."]
+    lines += [
+        "",
+        "## The merge",
+        "",
+        f"![recipe]({plots['recipe']})",
+        "",
+        "The recipe is `best.yaml` in the run folder (replay it with `medsamix merge`).",
+        "",
+        "## Time per trial",
+        "",
+        *timing_lines(result.entries),
+        "",
+        "## Data splits (by case)",
+        "",
+        *[f"- {name}: calibration {r['calibration']}, test {r['test']}, slices {r['slices']}" for name, r in splits],
+        "",
+    ]
+    text = "\n".join(lines)
+    scores = json.dumps({"dice": table, "conventions": conventions, "splits": records}, indent=2)
+    atomic_write(folder / "scores.json", lambda temp: temp.write_text(scores))
+    return atomic_write(folder / "report.md", lambda temp: temp.write_text(text, encoding="utf-8"))

@@ -1,0 +1,53 @@
+"""Dice tables: how a model scores on each task's calibration and held-out cases.
+
+One function serves the search's objective, its report, `medsamix evaluate` and the export's quality gate, so every
+figure this product shows is the same quantity: per task, the mean over cases of each case's mean slice Dice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from search.evaluate import Evaluator, case_mean
+from search.tasks import Task
+
+Table = dict[str, dict[str, dict[str, float]]]  # row (model) -> task -> split -> Dice
+
+
+def task_dice(evaluator: Evaluator, task: Task, normalization: str, budget: int | None = None) -> float:
+    """Dice of the weights loaded in `evaluator` on the first `budget` slices of `task` (all when None)."""
+    return case_mean(task, evaluator.dice(task, normalization, budget=budget))
+
+
+def score(
+    evaluator: Evaluator,
+    state: Mapping[str, torch.Tensor],
+    normalization: str,
+    splits: Mapping[str, Mapping[str, Task]],
+) -> dict[str, dict[str, float]]:
+    """task -> split -> Dice of one model; `splits` maps a split's name ("calibration", "test") to its tasks."""
+    evaluator.load(state)
+    result: dict[str, dict[str, float]] = {}
+    for split, tasks in splits.items():
+        for name, task in tasks.items():
+            result.setdefault(name, {})[split] = task_dice(evaluator, task, normalization)
+    return result
+
+
+def markdown_table(table: Table, splits: list[str]) -> str:
+    """Rows are models; a column per task and split, then the mean over tasks per split; best per column bold."""
+    tasks = list(next(iter(table.values())))
+    columns = [(t, s) for t in tasks for s in splits]
+    header = [f"{t} ({s})" for t, s in columns] + [f"mean ({s})" for s in splits]
+    values = {
+        row: [scores[t][s] for t, s in columns] + [sum(scores[t][s] for t in tasks) / len(tasks) for s in splits]
+        for row, scores in table.items()
+    }
+    best = [max(v[i] for v in values.values()) for i in range(len(header))]
+    lines = ["| model | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    for row, row_values in values.items():
+        cells = [f"**{v:.4f}**" if v == best[i] else f"{v:.4f}" for i, v in enumerate(row_values)]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""The search space: layer groups x the merge registry's parameter declarations, as a ConfigSpace.
+
+Hyperparameter names say where they act (`/` separates the group from what is chosen for it):
+
+- `granularity/encoder|prompt|decoder` — only when more than one value is searched;
+- `preprocessing/normalization` — only when both conventions are searched;
+- `<group>/method` — one per layer group; a group that exists only at some granularities is conditioned on those;
+- `<group>/<method>.<param>` and, for a per-input float, `<group>/<method>.<param>.<input>` — active only when the
+  group's method is that method (`pick`'s model is a categorical over the input names).
+
+A configuration maps to a `Recipe` and back, so what SMAC proposes is exactly what a person can read and replay.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ConfigSpace import Categorical, Configuration, ConfigurationSpace, EqualsCondition, Float, InCondition
+
+from search.architectures import SamArchitecture
+from search.groups import Granularity, layer_groups
+from search.merge import FloatParam, InputChoice, get_method
+from search.recipe import GranularitySpec, GroupEntry, InputModel, Preprocessing, Recipe
+
+COMPONENTS = ("encoder", "prompt", "decoder")
+
+
+def _plain(value: Any) -> Any:
+    """ConfigSpace hands back numpy scalars; recipes and JSON want Python ones."""
+    return value.item() if hasattr(value, "item") else value
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """What is searched: granularity values per component, methods, and the normalisations allowed."""
+
+    granularity: Mapping[str, Sequence[int]]  # component -> values (one value: fixed)
+    methods: Sequence[str]
+    normalizations: Sequence[str] = ("sam", "medsam")
+
+
+class SearchSpace:
+    """The ConfigSpace of one search, and the two-way map between its configurations and merge recipes."""
+
+    def __init__(
+        self, arch: SamArchitecture, base: InputModel, models: Sequence[InputModel], spec: SpaceSpec, seed: int = 0
+    ) -> None:
+        self.arch = arch
+        self.base = base
+        self.models = list(models)
+        self.inputs = [base.name, *(m.name for m in models)]
+        self.spec = spec
+        self.seed = seed
+        self.methods = [get_method(name) for name in spec.methods]  # unknown names fail listing the valid ones
+        self.space = ConfigurationSpace(seed=seed)
+        self._groups_at: dict[Granularity, list[str]] = {}
+        self._build()
+
+    # ----------------------------------------------------------------------------------------------------------
+    def granularities(self) -> list[Granularity]:
+        g = self.spec.granularity
+        return [Granularity(*values) for values in itertools.product(*(g[c] for c in COMPONENTS))]
+
+    def _build(self) -> None:
+        searched = {c: list(self.spec.granularity[c]) for c in COMPONENTS if len(self.spec.granularity[c]) > 1}
+        parents = {c: Categorical(f"granularity/{c}", values, default=values[0]) for c, values in searched.items()}
+        hyperparameters: list[Any] = list(parents.values())
+        conditions: list[Any] = []
+        if len(self.spec.normalizations) > 1:
+            hyperparameters.append(Categorical("preprocessing/normalization", list(self.spec.normalizations)))
+        # Where each group exists: component -> granularity values at which it is one of the groups.
+        where: dict[str, tuple[str, set[int]]] = {}
+        order: list[str] = []
+        for granularity in self.granularities():
+            names = [g.name for g in layer_groups(self.arch, granularity)]
+            self._groups_at[granularity] = names
+            for group in layer_groups(self.arch, granularity):
+                component = {"image_encoder": "encoder", "prompt_encoder": "prompt", "mask_decoder": "decoder"}[
+                    group.component
+                ]
+                if group.name not in where:
+                    where[group.name] = (component, set())
+                    order.append(group.name)
+                where[group.name][1].add(getattr(granularity, component))
+        method_names = [m.name for m in self.methods]
+        for name in order:
+            component, values = where[name]
+            method = Categorical(f"{name}/method", method_names, default=method_names[0])
+            hyperparameters.append(method)
+            if component in parents and values != set(searched[component]):
+                conditions.append(InCondition(method, parents[component], sorted(values)))
+            for merge_method in self.methods:
+                for child in self._method_hyperparameters(name, merge_method):
+                    hyperparameters.append(child)
+                    conditions.append(EqualsCondition(child, method, merge_method.name))
+        self.space.add(hyperparameters)
+        self.space.add(conditions)
+
+    def _method_hyperparameters(self, group: str, method) -> list[Any]:
+        result = []
+        for p in method.params:
+            prefix = f"{group}/{method.name}.{p.name}"
+            if isinstance(p, InputChoice):
+                result.append(Categorical(prefix, self.inputs, default=self.inputs[0]))
+            elif isinstance(p, FloatParam) and p.per_input:
+                result += [Float(f"{prefix}.{i}", (p.low, p.high), default=p.default) for i in self.inputs]
+            else:
+                result.append(Float(prefix, (p.low, p.high), default=p.default))
+        return result
+
+    # ----------------------------------------------------------------------------------------------------------
+    def to_recipe(self, config: Configuration | Mapping[str, Any]) -> Recipe:
+        """The merge recipe of a configuration (its active hyperparameters)."""
+        values = {k: _plain(v) for k, v in dict(config).items()}
+        granularity = Granularity(*(values.get(f"granularity/{c}", self.spec.granularity[c][0]) for c in COMPONENTS))
+        normalization = values.get("preprocessing/normalization", self.spec.normalizations[0])
+        groups = []
+        for name in self._groups_at[granularity]:
+            method = get_method(values[f"{name}/method"])
+            params: dict[str, Any] = {}
+            for p in method.params:
+                key = f"{name}/{method.name}.{p.name}"
+                if isinstance(p, FloatParam) and p.per_input:
+                    params[p.name] = {i: float(values[f"{key}.{i}"]) for i in self.inputs}
+                else:
+                    params[p.name] = values[key] if isinstance(p, InputChoice) else float(values[key])
+            groups.append(GroupEntry(group=name, method=method.name, params=params))
+        return Recipe(
+            base=self.base,
+            models=self.models,
+            architecture=self.arch.name,
+            preprocessing=Preprocessing(normalization=normalization),
+            granularity=GranularitySpec(**{c: getattr(granularity, c) for c in COMPONENTS}),
+            seed=self.seed,
+            groups=groups,
+        )
+
+    def configuration(
+        self, granularity: Granularity, normalization: str, entries: Mapping[str, tuple[str, Mapping[str, Any]]]
+    ) -> Configuration:
+        """The configuration of one method per group: `entries` maps group -> (method, recipe-form params); a
+        parameter left out takes its declared default. Raises ValueError when it is not in this space."""
+        values: dict[str, Any] = {}
+        for c in COMPONENTS:
+            if len(self.spec.granularity[c]) > 1:
+                values[f"granularity/{c}"] = getattr(granularity, c)
+        if len(self.spec.normalizations) > 1:
+            values["preprocessing/normalization"] = normalization
+        for name in self._groups_at[granularity]:
+            method_name, given = entries[name]
+            method = get_method(method_name)
+            values[f"{name}/method"] = method_name
+            params = {**method.defaults(self.inputs), **given}
+            for p in method.params:
+                key = f"{name}/{method_name}.{p.name}"
+                if isinstance(p, FloatParam) and p.per_input:
+                    values.update({f"{key}.{i}": float(params[p.name][i]) for i in self.inputs})
+                else:
+                    values[key] = params[p.name]
+        return Configuration(self.space, values=values)
+
+    def uniform(self, method: str, params: Mapping[str, Any] | None = None, normalization: str | None = None):
+        """One method with the same parameters in every group, at the first granularity searched."""
+        granularity = self.granularities()[0]
+        entries = {name: (method, dict(params or {})) for name in self._groups_at[granularity]}
+        return self.configuration(granularity, normalization or self.spec.normalizations[0], entries)
+
+
+def initial_configurations(
+    space: SearchSpace, conventions: Mapping[str, str], lambdas: Sequence[float]
+) -> list[Configuration]:
+    """The informed start of a search: each input alone (`pick` everywhere, under its own convention), then the
+    uniform baselines at the first normalisation searched: linear, task arithmetic and TIES at each of `lambdas`,
+    SLERP at equal weights (t = 0.5 for two inputs). Methods not in the space are left out."""
+    allowed = set(space.spec.methods)
+    configs: list[Configuration] = []
+    if "pick" in allowed:
+        for name in space.inputs:
+            convention = conventions.get(name, space.spec.normalizations[0])
+            if convention in space.spec.normalizations:
+                configs.append(space.uniform("pick", {"model": name}, convention))
+    if "linear" in allowed:
+        configs.append(space.uniform("linear"))
+    for method in ("task_arithmetic", "ties"):
+        if method in allowed:
+            configs += [space.uniform(method, {"lambda": float(value)}) for value in lambdas]
+    if "slerp" in allowed:
+        configs.append(space.uniform("slerp"))
+    return list(dict.fromkeys(configs))  # keep order, drop repeats

@@ -1,0 +1,107 @@
+"""One search trial, where it runs: merge a recipe on resident inputs, then score it on the calibration tasks.
+
+A `TrialRunner` holds everything a trial needs that does not change between trials (input weights packed in the
+merge engine, the evaluator's model, the calibration slices prepared per convention), so it is built once per
+process. What travels to a worker per trial is the recipe as YAML and the budget, never weights: `run_trial` finds
+(or builds, on its first call) the runner of its search in a per-process cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from search.checkpoints import load_checkpoint
+from search.config import SearchConfig
+from search.data import load_task
+from search.evaluate import Evaluator
+from search.merge.engine import MergeEngine
+from search.recipe import parse_recipe
+from search.scores import task_dice
+from search.tasks import Task
+from search.timing import Stopwatch
+
+
+@dataclass
+class TrialRunner:
+    """Resident inputs, model and calibration tasks of one search in one process."""
+
+    engine: MergeEngine
+    evaluator: Evaluator
+    hashes: dict[str, str]  # input name -> sha256 of its file
+    tasks: dict[str, Task]  # calibration split, by task name
+    tests: dict[str, Task]  # held-out split
+    splits: dict[str, dict[str, Any]]  # load_task's record of each split (written down with the results)
+    stopwatch: Stopwatch
+
+    @classmethod
+    def build(cls, config: SearchConfig) -> TrialRunner:
+        hashes: dict[str, str] = {}
+
+        def checkpoints():
+            for model in (config.base, *config.models):
+                checkpoint = load_checkpoint(model.path)
+                hashes[model.name] = checkpoint.sha256
+                yield model.name, checkpoint
+
+        engine = MergeEngine.from_checkpoints(checkpoints(), device=resolve_device(config.device))
+        evaluator = Evaluator(engine.arch, device=engine.device)
+        loaded = {spec.name: load_task(spec) for spec in config.tasks}
+        return cls(
+            engine,
+            evaluator,
+            hashes,
+            {name: parts[0] for name, parts in loaded.items()},
+            {name: parts[1] for name, parts in loaded.items()},
+            {name: parts[2] for name, parts in loaded.items()},
+            Stopwatch(engine.device),
+        )
+
+    @classmethod
+    def shared(cls, config: SearchConfig) -> TrialRunner:
+        """This process's runner of `config`'s search, built on first use."""
+        key = config.fingerprint() + config.device
+        if key not in _RUNNERS:
+            _RUNNERS[key] = cls.build(config)
+        return _RUNNERS[key]
+
+    def run(self, recipe_text: str, budget: int | None) -> dict[str, Any]:
+        """Per-task calibration Dice of a recipe on the first `budget` slices of each task, and where time went."""
+        recipe = parse_recipe(recipe_text, source="trial recipe")
+        with self.stopwatch("merge"):
+            state = self.engine.merge_recipe(recipe)
+            self.evaluator.load(state)
+        normalization = recipe.preprocessing.normalization
+        dice = {name: task_dice(self.evaluator, task, normalization, budget) for name, task in self.tasks.items()}
+        return {"dice": dice, "timings": {**self.stopwatch.take(), **self.evaluator.stopwatch.take()}}
+
+
+_RUNNERS: dict[str, TrialRunner] = {}
+
+
+def resolve_device(device: str) -> str | None:
+    return None if device == "auto" else device
+
+
+def run_trial(config_json: str, recipe_text: str, budget: int | None, threads: int | None = None) -> dict[str, Any]:
+    """Run one trial in this process and report it as data: a failure is returned with its traceback (the search
+    records it as CRASHED), never raised into the scheduler and never turned into a made-up score."""
+    started = time.time()
+    result: dict[str, Any] = {"worker": f"{os.uname().nodename}:{os.getpid()}", "started": started}
+    try:
+        config = SearchConfig.model_validate_json(config_json)
+        result["fresh"] = config.fingerprint() + config.device not in _RUNNERS
+        if result["fresh"] and threads is not None:
+            torch.set_num_threads(threads)
+        result.update(TrialRunner.shared(config).run(recipe_text, budget))
+        result["status"] = "success"
+    except Exception:  # noqa: BLE001 — reported as a crashed trial with its traceback
+        result["status"] = "crashed"
+        result["error"] = traceback.format_exc()
+    result["ended"] = time.time()
+    return result
