@@ -8,7 +8,6 @@ and `.safetensors`. Loading never runs pickled code (`weights_only=True`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import struct
@@ -23,6 +22,7 @@ from safetensors.torch import save_file as save_safetensors
 from search.architectures import ARCHITECTURES, SamArchitecture, identify, state_layout
 from search.errors import CheckpointError
 from search.io import atomic_write
+from service.manifest import sha256_file
 
 # Buffers that some files carry but that belong to the input convention, not to the weights.
 DROPPED_KEYS = ("pixel_mean", "pixel_std")
@@ -53,14 +53,6 @@ class Checkpoint:
                 component = key.split(".", 1)[0]
                 sizes[component] = sizes.get(component, 0) + tensor.numel()
         return sizes
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_raw(path: Path) -> tuple[str, object]:

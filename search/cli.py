@@ -164,6 +164,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     console.print(table)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from search.export import export_model, load_source, parse_task
+
+    source = load_source(args.source, args.normalization)
+    tasks = dict(parse_task(spec) for spec in args.task)
+    out = export_model(
+        source,
+        args.name,
+        args.out,
+        geometry=args.geometry,
+        tasks=list(tasks),
+        presets={task: preset for task, preset in tasks.items() if preset},
+        report=Path(args.report) if args.report else source.report,
+        fp16=args.fp16,
+        overwrite=args.overwrite,
+        version=args.model_version,
+    )
+    console.print(f"wrote {out} ({source.arch.name}, {'float16' if args.fp16 else 'float32'}, {source.normalization})")
+
+
 def _granularity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--granularity",
@@ -225,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["calibration", "test", "both"], default="both")
     evaluate.add_argument("--device", default=None)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    export = commands.add_parser("export", help="export a recipe or checkpoint to the model store (ONNX + manifest)")
+    export.add_argument("source", metavar="RECIPE_OR_CHECKPOINT", help="a recipe (.yaml) or a SAM checkpoint")
+    export.add_argument("--name", required=True, help="the model's name: its folder in the store")
+    export.add_argument("--out", default="models", help="the model store (default: models)")
+    export.add_argument("--task", action="append", default=[], metavar="NAME[=PRESET]", help="a task it serves")
+    export.add_argument("--normalization", help="sam or medsam, for a checkpoint (a recipe fixes its own)")
+    export.add_argument("--geometry", help="sam or medsam (default: the normalization's)")
+    export.add_argument("--report", help="search report folder to copy (default: report/ beside the recipe)")
+    export.add_argument("--model-version", default="1", help="the version recorded in the manifest")
+    export.add_argument("--fp16", action="store_true", help="float16 weights, for GPU serving")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    export.set_defaults(run=cmd_export)
 
     zoo = commands.add_parser("zoo", help="train the tiny model zoo (base + CT and MR specialists) and its datasets")
     zoo.add_argument("-o", "--output", default="tests/zoo", help="output folder (default: tests/zoo)")

@@ -27,6 +27,10 @@ class MergeError(MedSAMixError):
     """Inputs that cannot be merged together, or a merge method given unusable parameters."""
 
 
+class ExportError(MedSAMixError):
+    """A model that cannot be exported as asked: a bad name, an existing folder, or graphs that disagree with torch."""
+
+
 class DataError(MedSAMixError):
     """Calibration data that is missing, unreadable, inconsistent, or leaves no slice to evaluate."""
 

@@ -1,9 +1,11 @@
-"""File I/O shared by every command: atomic writes (a reader sees the old file or the complete new one, never half
-of one) and YAML read safely (`safe_load`: no tags that run code) into a mapping."""
+"""File I/O shared by every command: atomic file and folder writes (a reader sees the old file or folder or the
+complete new one, never half of one) and YAML read safely (`safe_load`: no tags that run code) into a mapping."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -49,3 +51,52 @@ def yaml_mapping(text: str, source: str, expected: str, error: type[MedSAMixErro
     if not isinstance(data, dict):
         raise error(f"{source} must be a YAML mapping with {expected}; found {type(data).__name__}")
     return data
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux `renameat2(RENAME_EXCHANGE)`); False where the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], None], replace: bool = False) -> Path:
+    """Call `write(temp_folder)` on a hidden temporary folder beside `path`, then move it to `path`.
+
+    An existing `path` raises FileExistsError unless `replace`; then the two folders are exchanged in one step
+    where the system allows it (Linux), else the old one is moved aside first (a reader may briefly find neither),
+    and the old one is deleted. On any failure the temporary folder is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        temp.chmod(0o755)  # mkdtemp's 0o700 would hide the folder from a service running as another user
+        write(temp)
+        for file in temp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as f:
+                    os.fsync(f.fileno())
+        if not path.exists():
+            os.rename(temp, path)  # fails if `path` appeared meanwhile: never merges into another folder
+        elif not replace:
+            raise FileExistsError(path)
+        elif not _exchange(temp, path):
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.rename(path, aside / path.name)
+            try:
+                os.rename(temp, path)
+            except BaseException:
+                os.rename(aside / path.name, path)
+                shutil.rmtree(aside, ignore_errors=True)
+                raise
+            temp = aside
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    shutil.rmtree(temp, ignore_errors=True)  # the old folder, after an exchange or a move aside
+    return path

@@ -91,3 +91,42 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory, tiny_base: StateDict) 
     write_torch_em(fine_tune_of(tiny_base, 1), paths["medicosam"])
     write_medsam_training(fine_tune_of(tiny_base, 2), paths["medsam"])
     return paths
+
+
+ZOO = Path(__file__).parent / "zoo"
+ZOO_TASKS = {"ct_liver": "ct_abdomen", "mr_grey_matter": "mr"}
+
+
+@pytest.fixture(scope="session")
+def zoo_recipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A uniform linear merge of the tiny zoo (base + CT and MR specialists) under `sam`, with a search report."""
+    from search.architectures import get_architecture
+    from search.checkpoints import sha256_file
+    from search.recipe import InputModel, save_recipe, uniform_recipe
+
+    folder = tmp_path_factory.mktemp("search_run")
+    files = {"base": "sam_tiny.pth", "ct": "ct_specialist_tiny.pt", "mr": "mr_specialist_tiny.pth"}
+    inputs = [InputModel(name=n, path=str(ZOO / f), sha256=sha256_file(ZOO / f)) for n, f in files.items()]
+    recipe = uniform_recipe(inputs[0], inputs[1:], get_architecture("tiny"), "linear")
+    (folder / "report").mkdir()
+    (folder / "report" / "report.md").write_text("# search report\n")
+    (folder / "report" / "pareto.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a picture")
+    (folder / "report" / "runhistory.json").write_text("{}")  # not part of a report: not copied
+    return save_recipe(recipe, folder / "recipe.yaml")
+
+
+@pytest.fixture(scope="session")
+def exported_zoo(tmp_path_factory: pytest.TempPathFactory, zoo_recipe: Path) -> Path:
+    """`zoo_recipe` exported (float32) as models/zoo_sam, with its tasks, presets, one score and its report."""
+    from search.export import export_model, load_source
+
+    source = load_source(zoo_recipe)
+    return export_model(
+        source,
+        "zoo_sam",
+        tmp_path_factory.mktemp("store") / "models",
+        tasks=list(ZOO_TASKS),
+        presets=ZOO_TASKS,
+        scores={"ct_liver": {"split": "test", "dice": 0.5, "cases": 6}},
+        report=source.report,
+    )

@@ -1,0 +1,351 @@
+"""`medsamix export`: onnxruntime (CPU) against torch and segment_anything on the same inputs, the manifest, and the
+folder's atomicity. float32 parity: encoder relative error < 1e-4, masks agree on >= 99.5% of pixels at image
+resolution, IoU predictions within 1e-3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from segment_anything import SamPredictor
+
+from search.architectures import build_sam, get_architecture
+from search.data import load_task, mask_boxes
+from search.errors import ExportError
+from search.export import (
+    GRAPH_NORMALIZATIONS,
+    build_model,
+    export_decoder,
+    export_encoder,
+    export_model,
+    load_source,
+    relative_error,
+)
+from search.recipe import load_recipe
+from search.zoo import task_specs
+from service import imaging
+from service.manifest import METADATA_KEY, check_manifest, pinned
+from tests.conftest import ZOO, ZOO_TASKS, write_sam
+
+CPU = ["CPUExecutionProvider"]
+ENCODER_TOLERANCE = 1e-4
+MASK_AGREEMENT = 0.995
+IOU_TOLERANCE = 1e-3
+
+
+def medsamix(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args],
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def cropped_slices(task_name: str, count: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`count` test slices of a zoo task as (HxW uint8 image, Nx4 boxes), cut to non-square shapes (portrait, then
+    landscape), so that the `sam` geometry pads them and the padding matters."""
+    _, test, _ = load_task(task_specs(ZOO)[task_name])
+    cuts = [np.s_[:, 12:108], np.s_[20:116, :]]
+    found = []
+    for piece in test.slices:
+        cut = cuts[len(found) % 2]
+        image, mask = piece.image[cut], piece.mask[cut]
+        boxes = mask_boxes(mask)
+        if len(boxes) and image.shape[0] != image.shape[1]:
+            found.append((image, boxes))
+        if len(found) == count:
+            return found
+    raise AssertionError(f"{task_name} has fewer than {count} usable slices")
+
+
+def run_onnx(folder: Path, geometry: imaging.Geometry, slices, size: int):
+    """Per slice: (embedding (1,C,h,w), low-res logits, IoU, image-resolution masks) from the exported graphs; the
+    encoder runs once on the whole batch (its batch axis is dynamic)."""
+    encoder = ort.InferenceSession(str(folder / "encoder.onnx"), providers=CPU)
+    decoder = ort.InferenceSession(str(folder / "decoder.onnx"), providers=CPU)
+    prepared = [geometry.prepare(image, size) for image, _ in slices]
+    images = np.stack([model_input for model_input, _ in prepared])
+    resized = np.array([frame.resized for _, frame in prepared], np.int64)
+    embeddings = encoder.run(None, {"image": images, "resized_hw": resized})[0]
+    results = []
+    for i, ((_, boxes), (_, frame)) in enumerate(zip(slices, prepared, strict=True)):
+        model_boxes = geometry.box_to_model(boxes, frame).astype(np.float32)
+        logits, iou = decoder.run(None, {"image_embeddings": embeddings[i : i + 1], "boxes": model_boxes})
+        results.append((embeddings[i : i + 1], logits, iou, geometry.mask_to_image(logits, frame, size)))
+    return results
+
+
+def test_every_normalization_has_an_in_graph_twin() -> None:
+    assert set(GRAPH_NORMALIZATIONS) == set(imaging.NORMALIZATIONS)
+
+
+def test_sam_model_matches_segment_anything_predictor(zoo_recipe: Path, exported_zoo: Path) -> None:
+    """The exported `sam` model against segment_anything's own SamPredictor (its resize, normalisation, padding,
+    encoder, prompt encoder, decoder and mask post-processing) on padded non-square CT slices."""
+    source = load_source(zoo_recipe)
+    sam = build_model(source.state, source.arch)
+    predictor = SamPredictor(sam)
+    slices = cropped_slices("ct_liver")
+    geometry = imaging.get_geometry("sam")
+    for (image, boxes), (embedding, _, iou, masks) in zip(
+        slices, run_onnx(exported_zoo, geometry, slices, 128), strict=True
+    ):
+        predictor.set_image(np.repeat(image[:, :, None], 3, axis=2))
+        assert relative_error(embedding, predictor.features.numpy()) < ENCODER_TOLERANCE
+        with torch.no_grad():
+            boxes_t = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes), image.shape)
+            logits, expected_iou, _ = predictor.predict_torch(None, None, boxes_t, multimask_output=False)
+        expected = logits[:, 0].numpy() > predictor.model.mask_threshold
+        assert expected.any() and masks.shape == expected.shape
+        assert (masks == expected).mean() >= MASK_AGREEMENT
+        assert np.abs(iou - expected_iou[:, 0].numpy()).max() < IOU_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def exported_medsam(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The MR specialist checkpoint exported through the command line, under MedSAM's convention."""
+    out = tmp_path_factory.mktemp("cli") / "models"
+    result = medsamix(
+        "export", str(ZOO / "mr_specialist_tiny.pth"), "--name", "mr", "--out", str(out),
+        "--normalization", "medsam", "--task", "mr_grey_matter=mr",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out / 'mr'}" in result.stdout
+    return out / "mr"
+
+
+def test_medsam_model_matches_torch(exported_medsam: Path) -> None:
+    """`medsam` min-max normalisation in the graph equals `imaging.encoder_input` (min and max of the resized
+    region only, padding 0 afterwards) for padded (`sam` geometry) and stretched (`medsam`) frames; the decoder
+    matches segment_anything's stock MaskDecoder."""
+    manifest = json.loads((exported_medsam / "manifest.json").read_text())
+    assert manifest["preprocessing"] == {
+        "geometry": "medsam",
+        "normalization": "medsam",
+        "intensity_presets": {"mr_grey_matter": "mr"},
+    }
+    assert manifest["recipe"] is None and manifest["tasks"] == ["mr_grey_matter"]
+    source = load_source(ZOO / "mr_specialist_tiny.pth", "medsam")
+    sam = build_model(source.state, source.arch)
+    # Lifted to 60..187: with a darkest pixel above 0, a min-max that also saw the zero padding would differ.
+    slices = [(image // 2 + 60, boxes) for image, boxes in cropped_slices("mr_grey_matter")]
+    for name in ("sam", "medsam"):
+        geometry = imaging.get_geometry(name)
+        for (image, boxes), (embedding, logits, iou, masks) in zip(
+            slices, run_onnx(exported_medsam, geometry, slices, 128), strict=True
+        ):
+            model_input, frame = geometry.prepare(image, 128)
+            assert (name == "sam") == (frame.resized != (128, 128))
+            encoder_input = torch.from_numpy(imaging.encoder_input(model_input, frame, "medsam"))[None]
+            with torch.no_grad():
+                expected_embedding = sam.image_encoder(encoder_input)
+                model_boxes = torch.as_tensor(geometry.box_to_model(boxes, frame), dtype=torch.float32)
+                sparse, dense = sam.prompt_encoder(points=None, boxes=model_boxes, masks=None)
+                expected_logits, expected_iou = sam.mask_decoder(
+                    expected_embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=False
+                )
+            assert relative_error(embedding, expected_embedding.numpy()) < ENCODER_TOLERANCE
+            assert relative_error(logits, expected_logits[:, 0].numpy()) < ENCODER_TOLERANCE
+            expected = geometry.mask_to_image(expected_logits[:, 0].numpy(), frame, 128)
+            assert expected.any() and (masks == expected).mean() >= MASK_AGREEMENT
+            assert np.abs(iou - expected_iou[:, 0].numpy()).max() < IOU_TOLERANCE
+
+
+def test_manifest_lists_every_file_with_its_sha256(zoo_recipe: Path, exported_zoo: Path) -> None:
+    manifest = json.loads((exported_zoo / "manifest.json").read_text())
+    check_manifest(manifest, "manifest")
+    files = sorted(p.relative_to(exported_zoo).as_posix() for p in exported_zoo.rglob("*") if p.is_file())
+    assert files == [
+        "decoder.onnx", "encoder.onnx", "manifest.json", "recipe.yaml", "report/pareto.png", "report/report.md",
+    ]  # fmt: skip
+    assert sorted(manifest["files"]) == [f for f in files if f != "manifest.json"]
+    for path, digest in manifest["files"].items():
+        assert hashlib.sha256((exported_zoo / path).read_bytes()).hexdigest() == digest
+    recipe = load_recipe(zoo_recipe)
+    assert load_recipe(exported_zoo / "recipe.yaml") == recipe
+    assert manifest["recipe"] == recipe.model_dump(mode="json", exclude_none=True)
+    assert [i["sha256"] for i in manifest["inputs"]] == [m.sha256 for m in recipe.inputs]
+    assert manifest["name"] == "zoo_sam" and manifest["version"] == "1" and manifest["format_version"] == 1
+    assert datetime.fromisoformat(manifest["created"]).tzinfo is not None
+    assert manifest["architecture"] == "tiny" and manifest["precision"] == "float32"
+    assert manifest["image_size"] == 128 and manifest["embedding_shape"] == [32, 16, 16]
+    assert manifest["tasks"] == list(ZOO_TASKS)
+    assert manifest["preprocessing"] == {"geometry": "sam", "normalization": "sam", "intensity_presets": ZOO_TASKS}
+    assert manifest["scores"] == {"ct_liver": {"split": "test", "dice": 0.5, "cases": 6}}
+    assert manifest["onnx"]["encoder"]["inputs"] == [
+        {"name": "image", "dtype": "uint8", "shape": ["batch", 128, 128, 3]},
+        {"name": "resized_hw", "dtype": "int64", "shape": ["batch", 2]},
+    ]
+    assert manifest["onnx"]["encoder"]["outputs"] == [
+        {"name": "image_embeddings", "dtype": "float32", "shape": ["batch", 32, 16, 16]}
+    ]
+    assert manifest["onnx"]["decoder"]["inputs"] == [
+        {"name": "image_embeddings", "dtype": "float32", "shape": [1, 32, 16, 16]},
+        {"name": "boxes", "dtype": "float32", "shape": ["boxes", 4]},
+    ]
+    assert [o["shape"] for o in manifest["onnx"]["decoder"]["outputs"]] == [["boxes", 64, 64], ["boxes"]]
+    encoder = onnx.load(exported_zoo / "encoder.onnx", load_external_data=False)
+    assert {p.key: p.value for p in encoder.metadata_props}[METADATA_KEY] == pinned(manifest)
+    assert min(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx")) >= 17
+
+
+def test_fp16_export_runs_on_onnxruntime_cpu(tmp_path: Path, tiny_base) -> None:
+    """float16 weights (for GPU serving): the graphs hold float16 weights, keep the float32 interface, and run on
+    onnxruntime's CPU provider close to the float32 torch model (a looser bound than the float32 contract)."""
+    write_sam(tiny_base, tmp_path / "sam.pth")
+    source = load_source(tmp_path / "sam.pth")
+    folder = export_model(source, "half", tmp_path / "models", fp16=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["precision"] == "float16"
+    assert manifest["onnx"]["encoder"]["outputs"][0]["dtype"] == "float32"
+    weights = onnx.load(folder / "encoder.onnx").graph.initializer
+    assert {w.name for w in weights if w.data_type == onnx.TensorProto.FLOAT16 and len(w.dims) >= 2}
+    sam = build_model(source.state, source.arch)
+    image = np.random.default_rng(1).integers(0, 256, (96, 128), dtype=np.uint8)
+    boxes = np.array([[10.0, 20.0, 70.0, 80.0], [40.0, 5.0, 120.0, 60.0]])
+    geometry = imaging.get_geometry("sam")
+    model_input, frame = geometry.prepare(image, 128)
+    ((embedding, _, _, _),) = run_onnx(folder, geometry, [(image, boxes)], 128)
+    with torch.no_grad():
+        expected = sam.image_encoder(torch.from_numpy(imaging.encoder_input(model_input, frame, "sam"))[None])
+    assert relative_error(embedding, expected.numpy()) < 2e-2
+
+
+def test_export_refuses_bad_requests_before_any_work(tmp_path: Path, tiny_base) -> None:
+    write_sam(tiny_base, tmp_path / "sam.pth")
+    source = load_source(tmp_path / "sam.pth")
+    (tmp_path / "models" / "taken").mkdir(parents=True)
+    with pytest.raises(ExportError, match="already exists; choose another name or pass --overwrite"):
+        export_model(source, "taken", tmp_path / "models")
+    with pytest.raises(ExportError, match="model name '../up' should be"):
+        export_model(source, "../up", tmp_path / "models")
+    with pytest.raises(ExportError, match="an intensity preset is given for 'ct_liver', which is not one of the"):
+        export_model(source, "m", tmp_path / "models", presets={"ct_liver": "ct_abdomen"})
+    with pytest.raises(ExportError, match=r"scores\['ct_liver'\] should be an object with a 'split'"):
+        export_model(source, "m", tmp_path / "models", tasks=["ct_liver"], scores={"ct_liver": {"dice": 0.9}})
+    with pytest.raises(ExportError, match="unknown geometry 'crop'"):
+        export_model(source, "m", tmp_path / "models", geometry="crop")
+    with pytest.raises(ExportError, match="unknown normalization 'imagenet'"):
+        load_source(tmp_path / "sam.pth", "imagenet")
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["taken"]
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch: pytest.MonkeyPatch):
+    """Replace the (slow) ONNX export and onnxruntime check with stubs writing small files, to test the folder
+    logic; `fail["decoder"] = True` makes the decoder step fail after the encoder was written."""
+    import search.export as export
+
+    fail = {"decoder": False}
+
+    def encoder(model, normalization, path, metadata=None) -> None:
+        path.write_bytes(b"encoder")
+
+    def decoder(model, path) -> None:
+        if fail["decoder"]:
+            raise OSError("No space left on device")
+        path.write_bytes(b"decoder")
+
+    def check(folder, reference, normalization, tolerance):
+        port = {"inputs": [{"name": "x", "dtype": "float32", "shape": [1]}], "outputs": [{"name": "y"}]}
+        return {"encoder": port, "decoder": port}
+
+    monkeypatch.setattr(export, "export_encoder", encoder)
+    monkeypatch.setattr(export, "export_decoder", decoder)
+    monkeypatch.setattr(export, "check_with_onnxruntime", check)
+    return fail
+
+
+def test_a_failed_export_leaves_nothing_and_keeps_the_old_model(tmp_path: Path, tiny_base, fake_graphs) -> None:
+    write_sam(tiny_base, tmp_path / "sam.pth")
+    source = load_source(tmp_path / "sam.pth")
+    models = tmp_path / "models"
+    fake_graphs["decoder"] = True
+    with pytest.raises(OSError, match="No space left"):
+        export_model(source, "m", models)
+    assert list(models.iterdir()) == []  # neither the model nor its temporary folder
+    fake_graphs["decoder"] = False
+    first = export_model(source, "m", models, version="1")
+    old = {p.name: p.read_bytes() for p in first.iterdir()}
+    fake_graphs["decoder"] = True
+    with pytest.raises(OSError, match="No space left"):
+        export_model(source, "m", models, overwrite=True, version="2")
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == old
+    fake_graphs["decoder"] = False
+    export_model(source, "m", models, overwrite=True, version="2")
+    assert json.loads((models / "m" / "manifest.json").read_text())["version"] == "2"
+    assert [p.name for p in models.iterdir()] == ["m"]  # the old folder is gone, no temporary left
+
+
+def test_overwrite_where_folders_cannot_be_exchanged(
+    tmp_path: Path, tiny_base, fake_graphs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without renameat2 (not Linux) the old folder is moved aside, then deleted once the new one is in place."""
+    import search.io
+
+    exchanges = []
+    monkeypatch.setattr(search.io, "_exchange", lambda a, b: exchanges.append((a, b)) or False)
+    write_sam(tiny_base, tmp_path / "sam.pth")
+    source = load_source(tmp_path / "sam.pth")
+    export_model(source, "m", tmp_path / "models", version="1")
+    export_model(source, "m", tmp_path / "models", overwrite=True, version="2")
+    assert len(exchanges) == 1
+    assert json.loads((tmp_path / "models" / "m" / "manifest.json").read_text())["version"] == "2"
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["m"]
+
+
+def test_cli_export_errors_are_one_line(tmp_path: Path, exported_medsam: Path, zoo_recipe: Path) -> None:
+    out = str(exported_medsam.parent)
+    checkpoint = str(ZOO / "mr_specialist_tiny.pth")
+    line = one_line_error(medsamix("export", checkpoint, "--name", "mr", "--out", out))
+    assert "already exists; choose another name or pass --overwrite" in line
+    line = one_line_error(medsamix("export", checkpoint, "--name", "x", "--out", out, "--task", "mr=t2"))
+    assert "task 'mr': unknown intensity preset 't2': expected one of ct_abdomen" in line
+    line = one_line_error(medsamix("export", str(zoo_recipe), "--name", "x", "--normalization", "medsam"))
+    assert "fixes the normalization 'sam' but 'medsam' was asked for" in line
+    assert sorted(p.name for p in exported_medsam.parent.iterdir()) == ["mr"]
+
+
+@pytest.mark.slow
+def test_vit_b_graphs_match_torch(tmp_path: Path) -> None:
+    """Real size: random ViT-B weights, one padded non-square image, both graphs against torch (float32)."""
+    torch.manual_seed(0)
+    sam = build_sam("vit_b")
+    sam.requires_grad_(False)
+    export_encoder(sam, "sam", tmp_path / "encoder.onnx")
+    export_decoder(sam, tmp_path / "decoder.onnx")
+    size = get_architecture("vit_b").image_size
+    image = np.random.default_rng(0).integers(0, 256, (600, 800), dtype=np.uint8)
+    boxes = np.array([[100.0, 50.0, 400.0, 300.0], [350.0, 200.0, 790.0, 590.0], [0.0, 0.0, 800.0, 600.0]])
+    geometry = imaging.get_geometry("sam")
+    ((embedding, _, iou, masks),) = run_onnx(tmp_path, geometry, [(image, boxes)], size)
+    model_input, frame = geometry.prepare(image, size)
+    with torch.no_grad():
+        expected_embedding = sam.image_encoder(torch.from_numpy(imaging.encoder_input(model_input, frame, "sam"))[None])
+        model_boxes = torch.as_tensor(geometry.box_to_model(boxes, frame), dtype=torch.float32)
+        sparse, dense = sam.prompt_encoder(points=None, boxes=model_boxes, masks=None)
+        logits, expected_iou = sam.mask_decoder(
+            expected_embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=False
+        )
+    assert relative_error(embedding, expected_embedding.numpy()) < ENCODER_TOLERANCE
+    expected = geometry.mask_to_image(logits[:, 0].numpy(), frame, size)
+    assert (masks == expected).mean() >= MASK_AGREEMENT
+    assert np.abs(iou - expected_iou[:, 0].numpy()).max() < IOU_TOLERANCE
