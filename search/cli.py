@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -165,10 +166,38 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from search.config import load_conventions, load_task_specs
+    from search.errors import ExportError
     from search.export import export_model, load_source, parse_task
+    from search.gate import quality_gate
 
     source = load_source(args.source, args.normalization)
     tasks = dict(parse_task(spec) for spec in args.task)
+    gate, scores = None, {}
+    if args.tasks:
+        specs = load_task_specs(args.tasks)
+        tasks = {spec.name: spec.preset for spec in specs}
+        folder = Path(args.source).resolve().parent
+        gate = quality_gate(
+            source.state, source.arch, source.normalization, source.recipe, folder, specs, load_conventions(args.tasks)
+        )
+        model = gate["model"]
+        if not gate["passed"]:
+            best = gate["inputs"][gate["best_input"]]
+            verdict = (
+                f"the model's mean held-out Dice {model['mean']:.4f} over {len(specs)} task(s) does not beat its best "
+                f"input '{gate['best_input']}' ({best['mean']:.4f})"
+            )
+            if not args.force:
+                raise ExportError(f"{verdict}; nothing was written (pass --force to export it anyway)")
+            console.print(f"warning: {verdict}; exported because of --force")
+        gate["forced"] = args.force and not gate["passed"]
+        scores = {t: {"split": gate["split"], "dice": d, "cases": gate["cases"][t]} for t, d in model["dice"].items()}
+    elif source.recipe is not None and not args.force:
+        raise ExportError(
+            "exporting a merge checks that it beats its inputs on held-out cases: give --tasks FILE (e.g. the search "
+            "configuration), or --force to export without the check"
+        )
     out = export_model(
         source,
         args.name,
@@ -176,6 +205,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         geometry=args.geometry,
         tasks=list(tasks),
         presets={task: preset for task, preset in tasks.items() if preset},
+        scores=scores,
+        gate=gate,
         report=Path(args.report) if args.report else source.report,
         fp16=args.fp16,
         overwrite=args.overwrite,
@@ -255,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--geometry", help="sam or medsam (default: the normalization's)")
     export.add_argument("--report", help="search report folder to copy (default: report/ beside the recipe)")
     export.add_argument("--model-version", default="1", help="the version recorded in the manifest")
+    export.add_argument(
+        "--tasks", help="a YAML file with a 'tasks' list (e.g. the search config): score held-out cases, gate on them"
+    )
+    export.add_argument("--force", action="store_true", help="export even if the merge does not beat its inputs")
     export.add_argument("--fp16", action="store_true", help="float16 weights, for GPU serving")
     export.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     export.set_defaults(run=cmd_export)
@@ -267,8 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pin_hash_seed(argv: Sequence[str]) -> None:
+    """Run `medsamix search` under PYTHONHASHSEED=0, re-executing this process once if it is not.
+
+    SMAC's proposals depend on the iteration order of sets of strings, i.e. on Python's per-process hash seed; a
+    search resumed in a new process replays into an identical SMAC state only under the same seed."""
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "search.cli", *argv], {**os.environ, "PYTHONHASHSEED": "0"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.run is cmd_search:
+        _pin_hash_seed(argv)
     run: Callable[[argparse.Namespace], None] = args.run
     try:
         run(args)

@@ -195,3 +195,15 @@ def load_task_specs(path: str | Path) -> list[DataSpec]:
             raise ConfigError(f"{path}: tasks.{i}.{first_validation_error(error, 'spec')}") from None
         specs.append(spec.model_copy(update={"path": spec.path if spec.path.is_absolute() else folder / spec.path}))
     return specs
+
+
+def load_conventions(path: str | Path) -> dict[str, str]:
+    """Input name -> the convention it was trained under, from a search configuration's base and models (empty for
+    a file that lists only tasks)."""
+    data = yaml_mapping(Path(path).read_text(encoding="utf-8"), str(path), "a 'tasks' list", ConfigError)
+    entries = [data.get("base"), *(data.get("models") or [])]
+    return {
+        e["name"]: e["normalization"]
+        for e in entries
+        if isinstance(e, dict) and isinstance(e.get("name"), str) and e.get("normalization") in ("sam", "medsam")
+    }

@@ -359,6 +359,7 @@ def export_model(
     presets: Mapping[str, str] | None = None,
     scores: Mapping[str, Mapping[str, Any]] | None = None,
     report: Path | None = None,
+    gate: Mapping[str, Any] | None = None,
     fp16: bool = False,
     overwrite: bool = False,
     version: str = "1",
@@ -368,7 +369,8 @@ def export_model(
 
     `geometry` defaults to the normalisation's namesake (as in the evaluator). `tasks` are what the model was merged
     for (the service routes prompts by them), `presets` maps some of them to their intensity preset, `scores` maps
-    some of them to {"split": ..., metric: value, ...}. An existing model is refused unless `overwrite`, then
+    some of them to {"split": ..., metric: value, ...}, `gate` is the quality gate's comparison (`search.gate`),
+    recorded as it is. An existing model is refused unless `overwrite`, then
     replaced in one step. On any failure nothing is left behind.
     """
     _check_name(name)
@@ -399,6 +401,7 @@ def export_model(
         "scores": {task: dict(score) for task, score in (scores or {}).items()},
         "recipe": source.recipe.model_dump(mode="json", exclude_none=True) if source.recipe else None,
         "inputs": source.inputs,
+        "quality_gate": dict(gate) if gate is not None else None,
     }
     reference = build_model(source.state, arch)
     model = build_model(source.state, arch, fp16=True) if fp16 else reference

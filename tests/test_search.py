@@ -39,6 +39,7 @@ def space(granularity=None, methods=METHODS, normalizations=("sam", "medsam")) -
 def write_config(folder: Path, tasks: list[str], **settings) -> Path:
     data = search_config(ZOO.resolve(), tasks, **{"output": str(folder / "run"), **settings})
     path = folder / "search.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
