@@ -83,7 +83,8 @@ def cmd_methods(args: argparse.Namespace) -> None:
     table = Table("method", "parameters", "what it does", "reference")
     for method in METHODS.values():
         params = ", ".join(
-            f"{p.name}{'[per input]' if p.per_input else ''} in [{p.low}, {p.high}] (default {p.default})"
+            f"{p.name}{'[per input]' if p.per_input else '[per model]' if p.per_model else ''} in [{p.low}, {p.high}]"
+            f" (default {p.default})"
             if isinstance(p, FloatParam)
             else f"{p.name} (an input's name)"
             for p in method.params

@@ -109,7 +109,7 @@ class DaskPool:
         self.cluster = None
         if scheduler is not None:
             try:
-                self.client = Client(scheduler, timeout="20s")
+                self.client = Client(scheduler, timeout="10s")
             except OSError as error:
                 raise SearchError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
             self.client.wait_for_workers(1, timeout=60)

@@ -5,7 +5,8 @@ Hyperparameter names say where they act (`/` separates the group from what is ch
 - `granularity/encoder|prompt|decoder` — only when more than one value is searched;
 - `preprocessing/normalization` — only when both conventions are searched;
 - `<group>/method` — one per layer group; a group that exists only at some granularities is conditioned on those;
-- `<group>/<method>.<param>` and, for a per-input float, `<group>/<method>.<param>.<input>` — active only when the
+- `<group>/<method>.<param>` and, for a per-input (or per-model) float, `<group>/<method>.<param>.<input>` — active
+  only when the
   group's method is that method (`pick`'s model is a categorical over the input names).
 
 A configuration maps to a `Recipe` and back, so what SMAC proposes is exactly what a person can read and replay.
@@ -105,8 +106,8 @@ class SearchSpace:
             prefix = f"{group}/{method.name}.{p.name}"
             if isinstance(p, InputChoice):
                 result.append(Categorical(prefix, self.inputs, default=self.inputs[0]))
-            elif isinstance(p, FloatParam) and p.per_input:
-                result += [Float(f"{prefix}.{i}", (p.low, p.high), default=p.default) for i in self.inputs]
+            elif p.keys(self.inputs) is not None:
+                result += [Float(f"{prefix}.{i}", (p.low, p.high), default=p.default) for i in p.keys(self.inputs)]
             else:
                 result.append(Float(prefix, (p.low, p.high), default=p.default))
         return result
@@ -123,8 +124,8 @@ class SearchSpace:
             params: dict[str, Any] = {}
             for p in method.params:
                 key = f"{name}/{method.name}.{p.name}"
-                if isinstance(p, FloatParam) and p.per_input:
-                    params[p.name] = {i: float(values[f"{key}.{i}"]) for i in self.inputs}
+                if isinstance(p, FloatParam) and p.keys(self.inputs) is not None:
+                    params[p.name] = {i: float(values[f"{key}.{i}"]) for i in p.keys(self.inputs)}
                 else:
                     params[p.name] = values[key] if isinstance(p, InputChoice) else float(values[key])
             groups.append(GroupEntry(group=name, method=method.name, params=params))
@@ -156,8 +157,8 @@ class SearchSpace:
             params = {**method.defaults(self.inputs), **given}
             for p in method.params:
                 key = f"{name}/{method_name}.{p.name}"
-                if isinstance(p, FloatParam) and p.per_input:
-                    values.update({f"{key}.{i}": float(params[p.name][i]) for i in self.inputs})
+                if isinstance(p, FloatParam) and p.keys(self.inputs) is not None:
+                    values.update({f"{key}.{i}": float(params[p.name][i]) for i in p.keys(self.inputs)})
                 else:
                     values[key] = params[p.name]
         return Configuration(self.space, values=values)

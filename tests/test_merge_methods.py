@@ -180,6 +180,33 @@ def test_task_arithmetic_lambda_zero_is_base_exactly():
     np.testing.assert_array_equal(out.numpy(), base.numpy())
 
 
+@pytest.mark.parametrize("weights", [(1.0, 0.2), (0.0, 1.0), (0.35, 0.8)])
+def test_task_arithmetic_weighs_each_task_vector(weights):
+    rng = np.random.default_rng(14)
+    base, a, b = (rng.normal(size=400) for _ in range(3))
+    out = merge("task_arithmetic", *tensors(base), tensors(a, b), weights=weights, **lam(0.9))
+    expected = base + 0.9 * (weights[0] * (a - base) + weights[1] * (b - base))
+    np.testing.assert_allclose(f64(out), expected, rtol=1e-12, atol=1e-13)
+
+
+def test_ties_trims_and_elects_on_weighted_task_vectors():
+    rng = np.random.default_rng(15)
+    base = rng.normal(size=1000)
+    models = [base + rng.normal(size=1000) * 0.1 for _ in range(3)]
+    weights = (1.0, 0.3, 0.6)
+    weighted = [base + w * (m - base) for w, m in zip(weights, models, strict=True)]
+    out = merge("ties", *tensors(base), tensors(*models), density=0.4, weights=weights, **lam(0.8))
+    np.testing.assert_allclose(f64(out), ref_ties(base, weighted, 0.4, 0.8, (1000,)), rtol=1e-12, atol=1e-13)
+
+
+def test_per_model_weights_name_the_fine_tunes_only():
+    kwargs = get_method("ties").resolve({"weights": {"b": 0.5, "a": 0.25}}, NAMES, where="t")
+    assert kwargs["weights"] == (0.25, 0.5)
+    assert get_method("task_arithmetic").defaults(NAMES)["weights"] == {"a": 1.0, "b": 1.0}
+    with pytest.raises(MergeError, match="weights must give a value for each fine-tuned model \\(a, b\\)"):
+        get_method("task_arithmetic").resolve({"weights": {"sam": 1.0, "a": 1.0, "b": 1.0}}, NAMES, where="t")
+
+
 # ---------------------------------------------------------------- TIES
 
 
@@ -338,10 +365,10 @@ def test_dare_full_density_is_task_arithmetic_and_zero_density_is_base():
 # ---------------------------------------------------------------- DARE-TIES
 
 
-def test_dare_ties_is_registered_with_density_and_lambda():
+def test_dare_ties_is_registered_with_density_lambda_and_weights():
     method = get_method("dare_ties")
     kwargs = method.resolve({}, NAMES, where="t")
-    assert set(kwargs) == {"density", "lambda"}
+    assert set(kwargs) == {"density", "lambda", "weights"} and kwargs["weights"] == (1.0, 1.0)
 
 
 def test_dare_ties_full_density_equals_ties_full_density():
@@ -706,7 +733,7 @@ def test_non_numeric_or_non_finite_parameter_is_a_merge_error(value):
     [
         ("linear", {"lambda": 0.5}),
         ("model_stock", {"density": 0.5}),
-        ("ties", {"weights": {}}),
+        ("ties", {"scale": 0.5}),
         ("pick", {"models": "a"}),
     ],
 )

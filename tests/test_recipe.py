@@ -188,7 +188,7 @@ def test_parameter_out_of_range(tiny_inputs) -> None:
 
 def test_unknown_parameter_and_incomplete_weights(tiny_inputs) -> None:
     text = edited(tiny_inputs, lambda d: d["groups"][0].update(method="ties", params={"k": 0.2}))
-    assert "ties has no parameter 'k' (its parameters: density, lambda)" in error_of(text)
+    assert "ties has no parameter 'k' (its parameters: density, lambda, weights)" in error_of(text)
     text = edited(tiny_inputs, lambda d: d["groups"][0].update(params={"weights": {"sam": 1.0, "medsam": 0.5}}))
     assert "weights must give a value for each input (sam, medicosam, medsam)" in error_of(text)
 

@@ -361,3 +361,19 @@ def test_a_crashing_trial_is_recorded_as_crashed_and_repeated_crashes_stop_the_s
     monkeypatch.setattr(TrialRunner, "run", lambda self, text, budget: 1 / 0)
     with pytest.raises(SearchError, match="5 trials in a row crashed, the last with 'ZeroDivisionError"):
         Search(config.model_copy(update={"output": tmp_path / "broken"}), progress=False, report=False).run()
+
+
+def test_an_existing_dask_scheduler_runs_the_trials(tmp_path):
+    from distributed import LocalCluster
+
+    path = write_config(tmp_path, ["ct_kidney"], trials=6, initial_design={"lambdas": [0.5], "random": 0})
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster:
+        done = run_cli("search", str(path), "--scheduler", cluster.scheduler_address, "--no-report")
+        assert done.returncode == 0, done.stderr
+        workers = {w["id"] for w in cluster.scheduler_info["workers"].values()}
+    entries = journal(tmp_path / "run")
+    assert len(entries) == 6 and all(e["status"] == "success" for e in entries)
+    assert len({e["worker"] for e in entries}) == 1 and str(os.getpid()) not in entries[0]["worker"]
+    assert workers  # the cluster's own worker, not this process, ran them
+    refused = run_cli("search", str(path), "--scheduler", "tcp://127.0.0.1:9", "--no-report", "--trials", "7")
+    assert refused.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in refused.stderr

@@ -26,14 +26,22 @@ MethodFunction = Callable[..., torch.Tensor]
 
 @dataclass(frozen=True)
 class FloatParam:
-    """A real-valued parameter in [low, high]; `per_input` means one value per input model (base included)."""
+    """A real-valued parameter in [low, high]: one value, or one per input (`per_input`, base included) or per
+    fine-tuned model (`per_model`, base excluded: a weight on each task vector)."""
 
     name: str
     low: float
     high: float
     default: float
     per_input: bool = False
+    per_model: bool = False
     doc: str = ""
+
+    def keys(self, inputs: Sequence[str]) -> list[str] | None:
+        """The input names this parameter takes a value for (base first), or None for a single value."""
+        if self.per_input:
+            return list(inputs)
+        return list(inputs[1:]) if self.per_model else None
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,8 @@ class MergeMethod:
         for p in self.params:
             if isinstance(p, InputChoice):
                 result[p.name] = inputs[0]
-            elif p.per_input:
-                result[p.name] = {name: p.default for name in inputs}
+            elif p.keys(inputs) is not None:
+                result[p.name] = {name: p.default for name in p.keys(inputs)}
             else:
                 result[p.name] = p.default
         return result
@@ -96,13 +104,14 @@ class MergeMethod:
                         f"{where}: {p.name} must name one of the inputs ({', '.join(inputs)}), found {value!r}"
                     )
                 kwargs[p.name] = list(inputs).index(value)
-            elif p.per_input:
-                if not isinstance(value, Mapping) or set(value) != set(inputs):
+            elif (keys := p.keys(inputs)) is not None:
+                if not isinstance(value, Mapping) or set(value) != set(keys):
                     named = sorted(value) if isinstance(value, Mapping) else value
+                    each = "input" if p.per_input else "fine-tuned model"
                     raise MergeError(
-                        f"{where}: {p.name} must give a value for each input ({', '.join(inputs)}), found {named!r}"
+                        f"{where}: {p.name} must give a value for each {each} ({', '.join(keys)}), found {named!r}"
                     )
-                kwargs[p.name] = tuple(_check_range(f"{where} {p.name}[{i}]", p, value[i]) for i in inputs)
+                kwargs[p.name] = tuple(_check_range(f"{where} {p.name}[{i}]", p, value[i]) for i in keys)
             else:
                 kwargs[p.name] = _check_range(where, p, value)
         return kwargs

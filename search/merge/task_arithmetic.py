@@ -1,6 +1,7 @@
 """Task-vector methods: one general function, configured into task arithmetic, TIES, DARE and DARE-TIES.
 
 With task vectors τ_t = θ_t − θ_base (fine-tunes only):
+0. weigh each τ_t by its model's weight w_t (mergekit's per-model `weight`; 1 = the paper's plain methods);
 1. sparsify each τ_t: keep all (task arithmetic), the round(density·n) largest magnitudes of each tensor (TIES;
    entries tied with the threshold are all kept), or each entry with probability `density`, rescaled by
    1/density (DARE; the draw is fixed by recipe seed, tensor name and element index);
@@ -28,6 +29,7 @@ Sparsify = Literal["none", "magnitude", "random"]
 LAMBDA = FloatParam("lambda", 0.0, 1.0, 0.5, doc="scale of the combined task vector")
 LAMBDA_CONSENSUS = FloatParam("lambda", 0.0, 1.0, 1.0, doc="scale of the combined task vector")
 DENSITY = FloatParam("density", 0.0, 1.0, 0.5, doc="fraction of each task vector's entries kept")
+WEIGHTS = FloatParam("weights", 0.0, 1.0, 1.0, per_model=True, doc="weight of each fine-tune's task vector")
 
 
 def magnitude_thresholds(
@@ -51,6 +53,7 @@ def task_vector_merge(
     sparsify: Sparsify,
     consensus: bool,
     density: float = 1.0,
+    weights: tuple[float, ...] | None = None,
     **params: float,
 ) -> torch.Tensor:
     """In place on one (n, D) work tensor: a ViT-B merge is memory-bound, so every pass saved is time saved."""
@@ -58,6 +61,8 @@ def task_vector_merge(
     anchor = base.to(wide)
     tau = torch.stack(models).to(wide)
     tau -= anchor
+    if weights is not None and any(w != 1.0 for w in weights):
+        tau *= torch.tensor(weights, dtype=wide, device=tau.device).view(-1, *([1] * (tau.dim() - 1)))
     # 0/1 factors in a float buffer: `torch.ge(..., out=float)` and a multiply are several times faster on CPU
     # than a bool mask with masked_fill.
     flags = torch.empty_like(tau) if sparsify != "none" or consensus else None
@@ -85,7 +90,7 @@ for name, sparsify, consensus, params, reference, summary in (
         "task_arithmetic",
         "none",
         False,
-        (LAMBDA,),
+        (LAMBDA, WEIGHTS),
         "https://arxiv.org/abs/2212.04089",
         "base plus the scaled sum of task vectors",
     ),
@@ -93,7 +98,7 @@ for name, sparsify, consensus, params, reference, summary in (
         "ties",
         "magnitude",
         True,
-        (DENSITY, LAMBDA_CONSENSUS),
+        (DENSITY, LAMBDA_CONSENSUS, WEIGHTS),
         "https://arxiv.org/abs/2306.01708",
         "trim to the largest entries, elect signs, disjoint mean",
     ),
@@ -101,7 +106,7 @@ for name, sparsify, consensus, params, reference, summary in (
         "dare",
         "random",
         False,
-        (DENSITY, LAMBDA),
+        (DENSITY, LAMBDA, WEIGHTS),
         "https://arxiv.org/abs/2311.03099",
         "random drop and rescale, then task arithmetic",
     ),
@@ -109,7 +114,7 @@ for name, sparsify, consensus, params, reference, summary in (
         "dare_ties",
         "random",
         True,
-        (DENSITY, LAMBDA_CONSENSUS),
+        (DENSITY, LAMBDA_CONSENSUS, WEIGHTS),
         "https://arxiv.org/abs/2311.03099",
         "random drop and rescale, then TIES' sign consensus",
     ),
