@@ -92,3 +92,14 @@ def test_exporting_a_merge_needs_tasks_or_force(tmp_path):
     merge = recipe(tmp_path, "linear")
     line = one_line_error(medsamix("export", str(merge), "--name", "m", "--out", str(tmp_path / "models")))
     assert "give --tasks FILE" in line and not (tmp_path / "models" / "m").exists()
+
+
+def test_the_embedded_demo_model_loads_and_passed_its_gate():
+    store = ModelStore(Path(__file__).parents[1] / "models")
+    demo = store.load("demo")  # every file's sha256 checked against the manifest
+    manifest = demo.manifest
+    assert manifest["tasks"] == [t["name"] for t in yaml.safe_load((ZOO / "search-demo.yaml").read_text())["tasks"]]
+    gate = manifest["quality_gate"]
+    assert gate["passed"] is True and gate["forced"] is False
+    assert gate["model"]["mean"] > max(v["mean"] for v in gate["inputs"].values())
+    assert {"report/report.md", "recipe.yaml"} <= set(manifest["files"])

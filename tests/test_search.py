@@ -120,8 +120,17 @@ def test_initial_design_holds_each_input_alone_and_the_uniform_baselines():
         ("pick", '{"model": "ct"}', "sam"),
         ("pick", '{"model": "mr"}', "medsam"),
     ]
-    assert [d[0] for d in described[3:]] == ["linear", "task_arithmetic", "task_arithmetic", "ties", "ties", "slerp"]
+    assert [d[0] for d in described[3:8]] == ["linear", "task_arithmetic", "task_arithmetic", "ties", "ties"]
     assert [r.groups[0].params["lambda"] for r in recipes[4:8]] == [0.3, 1.0, 0.3, 1.0]
+    # Each fine-tune plus a share of the other's task vector, under its own convention (λ = 1 for both repeats
+    # task arithmetic at λ = 1 under sam, and is kept once).
+    borrowing = [(r.groups[0].params["weights"], r.preprocessing.normalization) for r in recipes[8:-1]]
+    assert borrowing == [
+        ({"ct": 1.0, "mr": 0.3}, "sam"),
+        ({"ct": 0.3, "mr": 1.0}, "medsam"),
+        ({"ct": 1.0, "mr": 1.0}, "medsam"),
+    ]
+    assert described[-1][0] == "slerp"
     for recipe in recipes:  # the same method everywhere
         assert len({(g.method, json.dumps(g.params, sort_keys=True)) for g in recipe.groups}) == 1
     without_pick = initial_configurations(space(methods=["linear", "ties"]), {}, [0.5])
@@ -377,3 +386,10 @@ def test_an_existing_dask_scheduler_runs_the_trials(tmp_path):
     assert workers  # the cluster's own worker, not this process, ran them
     refused = run_cli("search", str(path), "--scheduler", "tcp://127.0.0.1:9", "--no-report", "--trials", "7")
     assert refused.returncode == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in refused.stderr
+
+
+def test_the_demo_search_config_is_the_zoo_helpers_output():
+    committed = yaml.safe_load((ZOO / "search-demo.yaml").read_text())
+    tasks = [t["name"] for t in committed["tasks"]]
+    assert committed == search_config(Path("."), tasks, trials=150, output="../../runs/demo")
+    assert load_search_config(ZOO / "search-demo.yaml").multi_task
