@@ -28,6 +28,7 @@ ZOO = Path(__file__).resolve().parents[1] / "tests" / "zoo"
 
 
 def run_search(folder: Path, tasks: list[str], trials: int) -> dict:
+    folder = folder.resolve()  # the configuration's output is relative to its own folder otherwise
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "search.yaml"
     config.write_text(yaml.safe_dump(search_config(ZOO, tasks, trials=trials, output=str(folder / "run"))))
