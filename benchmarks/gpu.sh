@@ -12,3 +12,4 @@ out="${OUT:-.}"
 nvidia-smi -L
 python3 benchmarks/merge_bench.py --device cuda --runs 20 --compare-cpu --json "$out/merge-gpu.json"
 python3 benchmarks/eval_bench.py --device cuda --runs 10 --vit-b-batch 16 --json "$out/evaluate-gpu.json"
+python3 benchmarks/search_bench.py --arch vit_b --trials 12 --device cuda --json "$out/search-gpu.json"
