@@ -51,7 +51,7 @@ def quality_gate(
         engine = load_recipe_inputs(recipe, folder, device=evaluator.device)
         for i, name in enumerate(engine.names):
             convention = conventions.get(name, "sam")
-            dice = test_dice({**engine.layout.views(engine.inputs[i]), **engine.buffers}, convention)
+            dice = test_dice(engine.input_state(i), convention)
             inputs[name] = {"dice": dice, "mean": mean(dice), "convention": convention}
     best = max(inputs, key=lambda name: inputs[name]["mean"]) if inputs else None
     return {

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,7 +248,7 @@ class Search:
     # -------------------------------------------------------------------------------------------------------------
     # The loop
     # -------------------------------------------------------------------------------------------------------------
-    def run(self, on_trial: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
+    def run(self) -> SearchResult:
         self._claim_output()
         runner = TrialRunner.shared(self.config)
         base, models = self._input_models(runner)
@@ -264,7 +264,7 @@ class Search:
             else InProcess(config)
         )
         crashes = 0
-        in_flight: dict[int, tuple[TrialInfo, float, dict[str, Any]]] = {}
+        in_flight: dict[int, tuple[TrialInfo, float, int]] = {}  # key -> (trial, SMAC's seconds, budget)
         columns = (
             TextColumn("[bold]search[/]"),
             BarColumn(),
@@ -287,20 +287,18 @@ class Search:
                         recipe = space.to_recipe(info.config)
                         budget = round(info.budget) if multi_fidelity else high
                         executor.submit(asked, recipe_yaml(recipe), budget)
-                        in_flight[asked] = (info, time.perf_counter() - start, {"budget": budget})
+                        in_flight[asked] = (info, time.perf_counter() - start, budget)
                         asked += 1
                     if not in_flight:
                         break
                     key, result = executor.next_result()
-                    info, smac_s, meta = in_flight.pop(key)
+                    info, smac_s, budget = in_flight.pop(key)
                     start = time.perf_counter()
-                    entry = self._record(key, info, meta["budget"], result)
+                    entry = self._record(key, info, budget, result)
                     smac.tell(info, self._value(entry))
                     entry["timings"]["smac"] = smac_s + time.perf_counter() - start
                     self.journal.append(entry)
                     entries.append(entry)
-                    if on_trial is not None:
-                        on_trial(entry)
                     crashes = crashes + 1 if entry["status"] == "crashed" else 0
                     if crashes >= CRASH_LIMIT:
                         last = entry["error"].strip().splitlines()[-1]

@@ -54,24 +54,21 @@ def score_table(config: SearchConfig, runner: TrialRunner, merges: dict[str, Rec
     table: Table = {}
     conventions: dict[str, str] = {}
     for i, model in enumerate((config.base, *config.models)):
-        state = {**engine.layout.views(engine.inputs[i]), **engine.buffers}
-        table[model.name] = score(runner.evaluator, state, model.normalization, splits)
+        table[model.name] = score(runner.evaluator, engine.input_state(i), model.normalization, splits)
         conventions[model.name] = model.normalization
     recipe = next(iter(merges.values()))
     granularity = recipe.granularity.to_granularity()
     for method in BASELINES:
         if method not in config.methods:
             continue
-        states = {}
-        for normalization in config.normalizations:
-            uniform = uniform_recipe(recipe.base, recipe.models, engine.arch, method, granularity, normalization)
-            states[normalization] = score(
-                runner.evaluator, engine.merge_recipe(uniform), normalization, {"calibration": runner.tasks}
-            )
-        chosen = max(states, key=lambda n: np.mean([s["calibration"] for s in states[n].values()]))
-        uniform = uniform_recipe(recipe.base, recipe.models, engine.arch, method, granularity, chosen)
+        # The convention changes only how images are fed, not the merged weights: merge once, score calibration
+        # under each allowed convention, then the held-out cases under the best one.
+        state = engine.merge_recipe(uniform_recipe(recipe.base, recipe.models, engine.arch, method, granularity))
+        scored = {n: score(runner.evaluator, state, n, {"calibration": runner.tasks}) for n in config.normalizations}
+        chosen = max(scored, key=lambda n: np.mean([s["calibration"] for s in scored[n].values()]))
+        held_out = score(runner.evaluator, state, chosen, {"test": runner.tests})
         row = f"uniform {method}"
-        table[row] = score(runner.evaluator, engine.merge_recipe(uniform), chosen, splits)
+        table[row] = {task: {**scored[chosen][task], **held_out[task]} for task in held_out}
         conventions[row] = chosen
     for name, merge in merges.items():
         normalization = merge.preprocessing.normalization

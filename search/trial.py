@@ -65,7 +65,7 @@ class TrialRunner:
     @classmethod
     def shared(cls, config: SearchConfig) -> TrialRunner:
         """This process's runner of `config`'s search, built on first use."""
-        key = config.fingerprint() + config.device
+        key = _runner_key(config)
         if key not in _RUNNERS:
             _RUNNERS[key] = cls.build(config)
         return _RUNNERS[key]
@@ -84,6 +84,10 @@ class TrialRunner:
 _RUNNERS: dict[str, TrialRunner] = {}
 
 
+def _runner_key(config: SearchConfig) -> str:
+    return config.fingerprint() + config.device
+
+
 def resolve_device(device: str) -> str | None:
     return None if device == "auto" else device
 
@@ -95,7 +99,7 @@ def run_trial(config_json: str, recipe_text: str, budget: int | None, threads: i
     result: dict[str, Any] = {"worker": f"{os.uname().nodename}:{os.getpid()}", "started": started}
     try:
         config = SearchConfig.model_validate_json(config_json)
-        result["fresh"] = config.fingerprint() + config.device not in _RUNNERS
+        result["fresh"] = _runner_key(config) not in _RUNNERS
         if result["fresh"] and threads is not None:
             torch.set_num_threads(threads)
         result.update(TrialRunner.shared(config).run(recipe_text, budget))

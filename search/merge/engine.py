@@ -165,6 +165,10 @@ class MergeEngine:
                 self.output[start:stop].copy_(merged)
         return {**self.layout.views(self.output), **self.buffers}
 
+    def input_state(self, index: int) -> dict[str, torch.Tensor]:
+        """Input `index` (0 = base) as a state dict: views of its resident flat tensor plus the base's buffers."""
+        return {**self.layout.views(self.inputs[index]), **self.buffers}
+
     def merge_recipe(self, recipe: Recipe) -> dict[str, torch.Tensor]:
         if recipe.input_names != self.names:
             raise RecipeError(
