@@ -1,0 +1,400 @@
+"""DICOM decoding for the service: one uploaded Part 10 file -> a checked image whose frames decode on demand.
+
+`read_dicom` parses the header and refuses a bad upload before a single pixel is decoded: not DICOM or truncated
+(400), no pixel data or an image layout the service does not take (422), too large for the `Limits` (413), a
+transfer syntax no installed pydicom decoder plugin handles (415). Every refusal is a `RequestError` whose one
+sentence names sizes, counts, indices, transfer syntaxes and photometric interpretations only, never a tag value
+(pydicom's own exception texts may quote values, so they are never forwarded).
+
+`DicomImage.values` decodes one frame through pydicom's decoders (plus the Modality LUT); `DicomImage.display`
+turns it into the uint8 image the encoder sees, through `service.imaging`'s presets or the file's own VOI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from http import HTTPStatus
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, as_pixel_options, get_decoder
+from pydicom.pixels.decoders.base import Decoder
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import UID, AllTransferSyntaxes
+
+from service.errors import RequestError
+from service.imaging import ImagingError, Window, to_uint8
+
+__all__ = ["DicomImage", "Limits", "default_preset", "read_dicom"]
+
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# Colour interpretations that pydicom (YBR_FULL, YBR_FULL_422) or the JPEG 2000 codec (YBR_ICT, YBR_RCT) decode to RGB.
+_COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+# Every standard photometric interpretation: a keyword from this list may appear in a message, anything else not.
+_KNOWN_PHOTOMETRIC = (
+    *_MONOCHROME,
+    *_COLOR,
+    "PALETTE COLOR",
+    "YBR_PARTIAL_420",
+    "YBR_PARTIAL_422",
+    "HSV",
+    "ARGB",
+    "CMYK",
+)
+_BITS_ALLOCATED = (1, 8, 16, 32)
+# The intensity preset by modality when neither the request nor the file says how to display a monochrome image.
+_MODALITY_PRESETS = {"CT": "ct_abdomen", "MR": "mr"}
+_FALLBACK_PRESET = "minmax"
+# Decoded frames kept per image: a few boxes on neighbouring frames reuse them without holding a whole volume.
+_CACHED_FRAMES = 8
+# A transfer syntax UID is quoted in a message only if it looks like one (the element could hold anything).
+_UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+# pydicom warns about (and logs) a malformed element by quoting its value; no patient data may reach the service's
+# logs, so reading validation is off for the process (the checks below refuse what the service cannot use).
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The largest image the service decodes; checked on the header, before any pixel is allocated."""
+
+    max_pixels: int = 50_000_000  # rows * columns of one frame
+    max_frames: int = 2_000
+
+
+def _syntax_label(uid: UID) -> str:
+    """'<UID> (<name>)' for a well-formed UID, else a placeholder (never the element's raw value)."""
+    if len(uid) > 64 or not _UID_PATTERN.fullmatch(uid):
+        return "with a malformed UID"
+    return f"{uid} ({uid.name if uid.is_transfer_syntax else 'not a standard transfer syntax'})"
+
+
+def _decodable_syntaxes() -> list[UID]:
+    """The standard transfer syntaxes the installed pydicom decoder plugins can decode."""
+    decodable = []
+    for uid in AllTransferSyntaxes:
+        try:
+            if get_decoder(uid).is_available:
+                decodable.append(uid)
+        except NotImplementedError:
+            continue
+    return decodable
+
+
+def _parse(data: bytes) -> Dataset:
+    """Bytes -> a parsed Dataset, or 400 when the bytes are not a complete DICOM Part 10 file."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise RequestError(
+            f"the upload is not a DICOM file; expected a DICOM Part 10 file (a 128-byte preamble then 'DICM'), "
+            f"found {len(data)} bytes without that marker"
+        )
+    try:
+        ds = pydicom.dcmread(BytesIO(data))
+    except Exception:  # pydicom raises many types here, and their texts may quote values
+        raise RequestError("the DICOM header could not be parsed; expected a well-formed DICOM Part 10 file") from None
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise RequestError(
+            "the DICOM file meta information has no transfer syntax UID; expected a complete Part 10 header, "
+            "found a truncated or malformed one"
+        )
+    if _truncated(ds):
+        raise RequestError(
+            f"the DICOM file is truncated; expected complete elements, found the upload's {len(data)} bytes ending "
+            "inside one"
+        )
+    return ds
+
+
+def _truncated(ds: Dataset) -> bool:
+    """Whether the file ended inside an element (pydicom keeps the short value without complaint).
+
+    A truncated encapsulated (undefined-length) Pixel Data element makes pydicom drop the dataset, so an empty
+    dataset counts as truncated too. Only the last element can be cut short; it is checked while still raw.
+    """
+    if len(ds) == 0:
+        return True
+    last = ds.get_item(max(ds.keys()))
+    return (
+        isinstance(last, RawDataElement)
+        and last.length != 0xFFFFFFFF  # undefined length
+        and isinstance(last.value, bytes)
+        and len(last.value) < last.length
+    )
+
+
+def _integer(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    """A required (or defaulted) integer element of the header, or 422 naming the element (not its value)."""
+    try:
+        value = ds.get(keyword, default)
+        number = None if value is None else int(value)
+    except Exception:  # a malformed value: wrong length, several values, text that is not a number
+        raise RequestError(
+            f"the DICOM element {keyword} could not be read as one integer; expected a valid {keyword}",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        ) from None
+    if number is None:
+        raise RequestError(
+            f"the DICOM image has no {keyword} element; expected the Image Pixel module's {keyword}",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    return number
+
+
+def _check_decodable(syntax: UID) -> Decoder:
+    """The pydicom decoder for `syntax`, or 415 listing the syntaxes this server decodes."""
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        decoder = None
+    if decoder is None or not decoder.is_available:
+        handled = ", ".join(uid.name for uid in _decodable_syntaxes())
+        raise RequestError(
+            f"transfer syntax {_syntax_label(syntax)} cannot be decoded by this server; the decoders installed "
+            f"handle: {handled}",
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        )
+    return decoder
+
+
+def read_dicom(data: bytes, limits: Limits = Limits()) -> DicomImage:
+    """A DICOM Part 10 upload -> a `DicomImage` whose header has been checked; no pixel is decoded here.
+
+    Raises RequestError: 400 not DICOM or truncated, 422 no pixel data or an unsupported image layout, 413 over
+    `limits`, 415 a transfer syntax no installed decoder handles.
+    """
+    ds = _parse(data)
+    if "PixelData" not in ds:
+        other = "float pixel data" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else "no pixel data"
+        raise RequestError(
+            f"the DICOM file has {other}; expected an image with integer Pixel Data (7FE0,0010)",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    decoder = _check_decodable(syntax)
+
+    rows, columns = _integer(ds, "Rows"), _integer(ds, "Columns")
+    frames = _integer(ds, "NumberOfFrames", 1)
+    if min(rows, columns, frames) < 1:
+        raise RequestError(
+            f"the DICOM image has {rows} row(s), {columns} column(s) and {frames} frame(s); expected at least one "
+            "of each",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    if rows * columns > limits.max_pixels:
+        raise RequestError(
+            f"the DICOM image has {rows}x{columns} = {rows * columns} pixels per frame; this server accepts at most "
+            f"{limits.max_pixels}",
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        )
+    if frames > limits.max_frames:
+        raise RequestError(
+            f"the DICOM image has {frames} frames; this server accepts at most {limits.max_frames}",
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        )
+
+    samples = _integer(ds, "SamplesPerPixel")
+    bits = _integer(ds, "BitsAllocated")
+    bits_stored = _integer(ds, "BitsStored")
+    representation = _integer(ds, "PixelRepresentation")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    expected_photometric = _MONOCHROME if samples == 1 else _COLOR if samples == 3 else None
+    if expected_photometric is None:
+        raise RequestError(
+            f"the DICOM image has {samples} samples per pixel; expected 1 (monochrome) or 3 (colour)",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    if photometric not in expected_photometric:
+        shown = photometric if photometric in _KNOWN_PHOTOMETRIC else "an unknown value"
+        raise RequestError(
+            f"the DICOM image's photometric interpretation is {shown} for {samples} sample(s) per pixel; expected "
+            f"one of {', '.join(expected_photometric)}",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    allowed_bits = _BITS_ALLOCATED if samples == 1 else (8,)
+    if bits not in allowed_bits or not 1 <= bits_stored <= bits:
+        raise RequestError(
+            f"the DICOM image has {bits} bits allocated and {bits_stored} bits stored; expected bits allocated in "
+            f"{', '.join(map(str, allowed_bits))} and 1 <= bits stored <= bits allocated",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    if representation not in (0, 1):
+        raise RequestError(
+            f"the DICOM image has pixel representation {representation}; expected 0 (unsigned) or 1 (signed)",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+    if decoder.is_native:
+        expected = get_expected_length(ds, "bytes")
+        found = len(ds.PixelData)
+        if found < expected:
+            raise RequestError(
+                f"the DICOM pixel data is truncated; expected {expected} bytes for {frames} frame(s) of "
+                f"{rows}x{columns}x{samples} at {bits} bits, found {found}"
+            )
+    return DicomImage(ds, decoder, rows=rows, columns=columns, frames=frames, samples=samples)
+
+
+def _identity(ds: Dataset) -> str:
+    """sha256 hex of the SOPInstanceUID and the raw Pixel Data's sha256: two files that reuse one UID with
+    different pixels never share a cache entry."""
+    pixels = hashlib.sha256(ds.PixelData).digest()
+    return hashlib.sha256(str(ds.get("SOPInstanceUID", "")).encode() + b"\0" + pixels).hexdigest()
+
+
+def _functional_group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+    """The first item of an enhanced multi-frame functional group for `frame` (per-frame first, then shared), or
+    None when the file has no such group (classic single-frame IODs keep those attributes at the top level)."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items and index < len(items) and items[index].get(sequence):
+            return items[index][sequence][0]
+    return None
+
+
+class DicomImage:
+    """A checked DICOM image: header facts, and frames decoded (and cached) one at a time; built by `read_dicom`."""
+
+    dataset: Dataset  # the parsed file (the SEG builder's source image)
+    rows: int
+    columns: int
+    frames: int
+    samples: int  # samples per pixel: 1 (monochrome) or 3 (RGB once decoded)
+    modality: str  # '' when absent; display defaults only, never in a message
+    identity: str  # an opaque cache key for this instance (see `_identity`)
+
+    def __init__(self, dataset: Dataset, decoder: Decoder, *, rows: int, columns: int, frames: int, samples: int):
+        self.dataset = dataset
+        self.rows, self.columns, self.frames, self.samples = rows, columns, frames, samples
+        self.modality = str(dataset.get("Modality", "") or "")
+        self.identity = _identity(dataset)
+        self._decoder = decoder
+        self._syntax = UID(str(dataset.file_meta.TransferSyntaxUID))
+        self._monochrome1 = str(dataset.PhotometricInterpretation).strip() == "MONOCHROME1"
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check_frame(self, frame: int) -> int:
+        """`frame` as an int if it indexes a frame of this image, else 400."""
+        if isinstance(frame, bool) or not isinstance(frame, int | np.integer):
+            raise RequestError(
+                f"the frame index is a {type(frame).__name__}; expected an integer from 0 to {self.frames - 1}"
+            )
+        if not 0 <= frame < self.frames:
+            count = "1 frame (0)" if self.frames == 1 else f"{self.frames} frames (0-{self.frames - 1})"
+            raise RequestError(f"frame {frame} is out of range; the image has {count}")
+        return int(frame)
+
+    def values(self, frame: int) -> np.ndarray:
+        """One frame, read-only: monochrome -> HxW float64 after the Modality LUT (rescale slope/intercept, or the
+        Modality LUT Sequence; per frame for enhanced multi-frame IODs); colour -> HxWx3 uint8 RGB."""
+        frame = self.check_frame(frame)
+        with self._lock:
+            if frame in self._cache:
+                self._cache.move_to_end(frame)
+                return self._cache[frame]
+        values = self._decode(frame)
+        values.flags.writeable = False
+        with self._lock:
+            self._cache[frame] = values
+            while len(self._cache) > _CACHED_FRAMES:
+                self._cache.popitem(last=False)
+        return values
+
+    def _decode(self, frame: int) -> np.ndarray:
+        try:
+            array, meta = self._decoder.as_array(self.dataset, index=frame, **as_pixel_options(self.dataset))
+        except Exception:  # a plugin's failure on a corrupt stream; its text is not ours to forward
+            raise RequestError(
+                f"frame {frame} could not be decoded; expected valid {self._syntax.name} pixel data, found a corrupt "
+                "or truncated stream"
+            ) from None
+        if self.samples == 3:
+            decoded = str(meta.get("photometric_interpretation", ""))
+            if decoded != "RGB":
+                shown = decoded if decoded in _KNOWN_PHOTOMETRIC else "an unknown colour space"
+                raise RequestError(
+                    f"frame {frame} decoded to {shown}; expected RGB",
+                    HTTPStatus.UNPROCESSABLE_ENTITY,
+                )
+            return np.ascontiguousarray(array, dtype=np.uint8)
+        transform = _functional_group(self.dataset, frame, "PixelValueTransformationSequence") or self.dataset
+        try:
+            values = apply_modality_lut(array, transform)
+        except Exception:  # a malformed Modality LUT Sequence
+            raise RequestError(
+                "the image's Modality LUT could not be applied; expected a valid rescale or Modality LUT Sequence",
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+            ) from None
+        return np.asarray(values, dtype=np.float64)
+
+    def display(self, frame: int, preset: str | None = None) -> np.ndarray:
+        """uint8 HxW (monochrome) or HxWx3 (RGB): what the encoder sees.
+
+        Monochrome: `preset` if given (a `service.imaging.PRESETS` name); else the file's first VOI window, applied
+        as `imaging.Window(center, width)` whatever VOILUTFunction says; else its VOI LUT Sequence, then min-max;
+        else `default_preset`. MONOCHROME1 is inverted last (255 - x), so bright means dense as in MONOCHROME2.
+        RGB is returned as decoded (the cached, read-only array): presets do not apply.
+        """
+        values = self.values(frame)
+        if self.samples == 3:
+            return values
+        if preset is not None:
+            image = _to_uint8(values, preset)
+        else:
+            image = self._file_voi(frame, values)
+            if image is None:
+                image = _to_uint8(values, default_preset(self))
+        return 255 - image if self._monochrome1 else image
+
+    def _file_voi(self, frame: int, values: np.ndarray) -> np.ndarray | None:
+        """The file's own VOI (first window, else VOI LUT Sequence) as uint8, or None when it has none."""
+        source = _functional_group(self.dataset, frame, "FrameVOILUTSequence") or self.dataset
+        if "WindowCenter" in source and "WindowWidth" in source:
+            try:
+                window = Window(_first(source.WindowCenter), _first(source.WindowWidth))
+            except Exception:  # not numbers, or a width that is not positive
+                raise RequestError(
+                    "the image's first VOI window is not a finite center with a positive width; expected a valid "
+                    "window, or pass an intensity preset",
+                    HTTPStatus.UNPROCESSABLE_ENTITY,
+                ) from None
+            return to_uint8(values, window)
+        if self.dataset.get("VOILUTSequence"):
+            try:
+                # LUT inputs are integers (the Modality LUT's output domain).
+                mapped = apply_voi_lut(np.rint(values).astype(np.int64), self.dataset, index=0)
+            except Exception:  # a malformed LUT descriptor or data
+                raise RequestError(
+                    "the image's VOI LUT Sequence could not be applied; expected a valid VOI LUT, or pass an intensity "
+                    "preset",
+                    HTTPStatus.UNPROCESSABLE_ENTITY,
+                ) from None
+            return to_uint8(mapped, "minmax")
+        return None
+
+
+def _first(value: Any) -> float:
+    """The first of a possibly multi-valued DS element, as float."""
+    return float(value[0] if isinstance(value, list | tuple | MultiValue) else value)
+
+
+def _to_uint8(values: np.ndarray, preset: str) -> np.ndarray:
+    try:
+        return to_uint8(values, preset)
+    except ImagingError as error:  # an unknown preset name (the message lists the valid ones)
+        raise RequestError(str(error)) from None
+
+
+def default_preset(image: DicomImage) -> str:
+    """The intensity preset for a monochrome image whose request and file say nothing about display: by modality
+    (CT -> 'ct_abdomen', MR -> 'mr'), else 'minmax'."""
+    return _MODALITY_PRESETS.get(image.modality.upper(), _FALLBACK_PRESET)

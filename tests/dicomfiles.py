@@ -1,0 +1,264 @@
+"""Real DICOM files for the tests: CT, multi-frame, RGB, compressed and undecodable, written with pydicom 3.
+
+Every file carries the Patient, Study, Series, Equipment, Frame of Reference, Image Plane and Image Pixel module
+attributes highdicom's `Segmentation` needs of a source image, so the service's SEG tests can use them as they are.
+UIDs are derived from the pixels and a name (seeded, so two runs write the same bytes). The patient and study
+values are recognisable strings (`PATIENT_NAME`, `PATIENT_ID`, ...) so a test can assert that no error message
+quotes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from io import BytesIO
+
+import numpy as np
+import pydicom
+from highdicom.legacy import LegacyConvertedEnhancedCTImage
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    MPEG2MPML,
+    PYDICOM_IMPLEMENTATION_UID,
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+
+PATIENT_NAME = "Doe^Jane^Secret"
+PATIENT_ID = "PID-7f3a9c"
+STUDY_DESCRIPTION = "Confidential abdomen study"
+ACCESSION_NUMBER = "ACC-55219"
+
+#: The lossless syntaxes `compressed` can write with the encoders installed here (RLE: pydicom's own encoder;
+#: JPEG 2000: pylibjpeg-openjpeg; JPEG-LS: pyjpegls).
+LOSSLESS_SYNTAXES = (RLELossless, JPEG2000Lossless, JPEGLSLossless)
+#: A transfer syntax no pydicom decoder handles: `compressed(..., UNDECODABLE_SYNTAX)` writes junk frames under it.
+UNDECODABLE_SYNTAX = MPEG2MPML
+
+
+def uid(*parts: object) -> UID:
+    """A deterministic UID from `parts` (bytes or anything with a str)."""
+    return generate_uid(entropy_srcs=[p.hex() if isinstance(p, bytes) else str(p) for p in parts])
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    """`ds` as a DICOM Part 10 file (preamble, 'DICM', file meta), in the syntax its file meta names."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def read(data: bytes) -> Dataset:
+    return pydicom.dcmread(BytesIO(data))
+
+
+def _image_dataset(
+    sop_class_uid: str,
+    modality: str,
+    rows: int,
+    columns: int,
+    *,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    instance_number: int = 1,
+    z: float = 0.0,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> Dataset:
+    """Everything but the pixels: the modules a SEG's source image needs."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    # Patient
+    ds.PatientName = PATIENT_NAME
+    ds.PatientID = PATIENT_ID
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "F"
+    # General Study
+    ds.StudyInstanceUID = uid("study", PATIENT_ID)
+    ds.StudyID = "1"
+    ds.StudyDate = "20240102"
+    ds.StudyTime = "101500"
+    ds.AccessionNumber = ACCESSION_NUMBER
+    ds.ReferringPhysicianName = "Referring^Doctor"
+    ds.StudyDescription = STUDY_DESCRIPTION
+    # General Series, Equipment, Frame of Reference
+    ds.SeriesInstanceUID = series_instance_uid
+    ds.SeriesNumber = 1
+    ds.Modality = modality
+    ds.Manufacturer = "MedSAMix tests"
+    ds.FrameOfReferenceUID = uid("frame of reference", PATIENT_ID)
+    ds.PositionReferenceIndicator = ""
+    # General Image, Image Plane
+    ds.InstanceNumber = instance_number
+    ds.ContentDate = ds.StudyDate
+    ds.ContentTime = ds.StudyTime
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PatientOrientation = ""
+    ds.ImagePositionPatient = [-100.0, -120.0, z]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [0.75, 0.75]
+    ds.SliceThickness = 2.5
+    ds.Rows, ds.Columns = rows, columns
+    return ds
+
+
+def ct_dataset(
+    hu: np.ndarray,
+    *,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    window: tuple[float, float] | None = None,
+    monochrome1: bool = False,
+    sop_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
+    instance_number: int = 1,
+    z: float = 0.0,
+) -> Dataset:
+    """A CT Image Storage dataset of `hu` (HxW, HU); stored values are rint((HU - intercept) / slope), as uint16
+    when they are all non-negative, else int16."""
+    hu = np.asarray(hu)
+    stored = np.rint((hu.astype(np.float64) - intercept) / slope)
+    signed = bool(stored.min() < 0)
+    dtype = np.int16 if signed else np.uint16
+    info = np.iinfo(dtype)
+    if stored.min() < info.min or stored.max() > info.max:
+        raise ValueError(f"HU do not fit 16-bit stored values under slope {slope} and intercept {intercept}")
+    stored = stored.astype(dtype)
+    ds = _image_dataset(
+        CTImageStorage,
+        "CT",
+        *hu.shape,
+        sop_instance_uid=sop_instance_uid or uid("ct", stored.tobytes(), slope, intercept, window, monochrome1),
+        series_instance_uid=series_instance_uid or uid("ct series", PATIENT_ID),
+        instance_number=instance_number,
+        z=z,
+    )
+    ds.KVP = 120
+    ds.AcquisitionNumber = 1
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.RescaleType = "HU"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.set_pixel_data(stored, "MONOCHROME1" if monochrome1 else "MONOCHROME2", 16)
+    return ds
+
+
+def ct_image(hu: np.ndarray, **kwargs: object) -> bytes:
+    """A CT Image Storage file of `hu` (HxW, HU); keyword arguments as `ct_dataset`."""
+    return to_bytes(ct_dataset(hu, **kwargs))
+
+
+def ct_hu(rows: int = 64, columns: int = 80, seed: int = 0) -> np.ndarray:
+    """A seeded HxW int16 HU image spanning air to bone (-1000..1500)."""
+    return np.random.default_rng(seed).integers(-1000, 1500, (rows, columns), dtype=np.int16)
+
+
+def multiframe_dataset(
+    frames: np.ndarray, *, intercept: float = -1024.0, window: tuple[float, float] = (40.0, 400.0)
+) -> Dataset:
+    """A Legacy Converted Enhanced CT Image (F frames of HxW HU, 1 mm apart; frame i is `frames[i]`), converted
+    by highdicom from F single-frame CT datasets: the functional groups (positions, rescale, VOI window) are what a
+    SEG's source needs. Without `window` highdicom would invent one covering the whole stored range."""
+    frames = np.asarray(frames)
+    series = uid("multiframe series", frames.tobytes())
+    slices = [
+        ct_dataset(
+            frame, intercept=intercept, window=window, series_instance_uid=series, instance_number=i + 1, z=-float(i)
+        )  # highdicom orders frames by decreasing z
+        for i, frame in enumerate(frames)
+    ]
+    return LegacyConvertedEnhancedCTImage(
+        slices,
+        series_instance_uid=series,
+        series_number=2,
+        sop_instance_uid=uid("multiframe", frames.tobytes()),
+        instance_number=1,
+    )
+
+
+def multiframe(frames: np.ndarray, **kwargs: object) -> bytes:
+    """A multi-frame file of `frames` (FxHxW HU); keyword arguments as `multiframe_dataset`."""
+    return to_bytes(multiframe_dataset(frames, **kwargs))
+
+
+def rgb_dataset(pixels: np.ndarray) -> Dataset:
+    """A Secondary Capture Image Storage dataset of `pixels` (HxWx3 uint8, RGB, planar configuration 0)."""
+    pixels = np.asarray(pixels, np.uint8)
+    ds = _image_dataset(
+        SecondaryCaptureImageStorage,
+        "OT",
+        *pixels.shape[:2],
+        sop_instance_uid=uid("rgb", pixels.tobytes()),
+        series_instance_uid=uid("rgb series", PATIENT_ID),
+    )
+    ds.ConversionType = "WSD"
+    ds.set_pixel_data(pixels, "RGB", 8)
+    return ds
+
+
+def rgb_image(pixels: np.ndarray) -> bytes:
+    """A Secondary Capture file of `pixels` (HxWx3 uint8 RGB)."""
+    return to_bytes(rgb_dataset(pixels))
+
+
+def compressed(source: Dataset | bytes, syntax: str) -> bytes:
+    """`source` re-encoded under `syntax`: one of `LOSSLESS_SYNTAXES`, or `UNDECODABLE_SYNTAX` (junk frames under an
+    MPEG-2 header, for the 'cannot be decoded' case)."""
+    if syntax == UNDECODABLE_SYNTAX:
+        return junk_frames(source, syntax)
+    ds = _copy(source)
+    ds.compress(syntax, generate_instance_uid=False)
+    return to_bytes(ds)
+
+
+def junk_frames(source: Dataset | bytes, syntax: str, seed: int = 1) -> bytes:
+    """`source`'s header under the encapsulated `syntax`, each frame 64 seeded random bytes: a corrupt stream."""
+    ds = _copy(source)
+    rng = np.random.default_rng(seed)
+    frames = int(ds.get("NumberOfFrames", 1))
+    ds.PixelData = encapsulate([rng.integers(0, 256, 64, dtype=np.uint8).tobytes() for _ in range(frames)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    return to_bytes(ds)
+
+
+def _copy(source: Dataset | bytes) -> Dataset:
+    """A fresh dataset read from `source`'s bytes (never `source` itself, which the caller may reuse)."""
+    return read(source if isinstance(source, bytes) else to_bytes(source))
+
+
+def testdata(name: str) -> bytes:
+    """One of pydicom's bundled test files (e.g. 'CT_small.dcm', 'MR_small.dcm') as bytes; never downloads."""
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        raise FileNotFoundError(f"pydicom's test data has no file {name!r}")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def with_changes(source: bytes, *, delete: Sequence[str] = (), **values: object) -> bytes:
+    """`source` with the named elements deleted and the keyword elements set (file meta keywords go to the file
+    meta): the way the tests write a file that breaks one rule."""
+    ds = read(source)
+    for keyword in delete:
+        delattr(ds, keyword)
+    for keyword, value in values.items():
+        target = ds.file_meta if keyword in ds.file_meta or keyword == "TransferSyntaxUID" else ds
+        setattr(target, keyword, value)
+    return to_bytes(ds)
