@@ -43,8 +43,9 @@ RUN python3.11 -m venv "$VIRTUAL_ENV" \
         "highdicom>=0.23" \
         "pylibjpeg>=2.0" \
         "pylibjpeg-openjpeg>=2.3" \
-        "pylibjpeg-libjpeg>=2.1" \
-        "pylibjpeg-rle>=2.0"
+        "python-gdcm>=3.0.10" \
+        "pylibjpeg-rle>=2.0" \
+        "pyjpegls>=1.3"
 
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin medsamix
 

@@ -302,7 +302,7 @@ def test_bento_carries_the_service_and_a_verifiable_demo_model(bento):
 
 def test_bento_metadata(bento):
     info = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert info["service"] == SERVICE and info["entry_service"] == "MedSAMix"
+    assert info["service"] == SERVICE and info["entry_service"] == "medsamix"  # the service name
     lines = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
     names = {canonicalize_name(Requirement(r).name) for r in map(str.strip, lines) if r and r[0] not in "-#"}
     assert "onnxruntime" in names and not names & (FORBIDDEN - {"onnxruntime"})

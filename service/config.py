@@ -1,0 +1,102 @@
+"""The service's settings, read once from `MEDSAMIX_*` environment variables (a container sets them; nothing is
+read from a request).
+
+Every variable is optional. A bad value stops the service at start with one sentence naming the variable and what
+it expects, rather than serving with a silently different limit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("cpu", "gpu")
+
+
+class SettingsError(ValueError):
+    """An environment variable the service cannot use; the message names it and what it expects."""
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SettingsError(f"{name} should be a positive integer, found '{raw}'")
+    return value
+
+
+def _flag(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise SettingsError(f"{name} should be one of 1/0, true/false, yes/no, on/off, found '{raw}'")
+    return lowered in ("1", "true", "yes", "on")
+
+
+def _device(name: str, raw: str) -> str:
+    if raw not in DEVICES:
+        raise SettingsError(f"{name} should be one of {', '.join(DEVICES)}, found '{raw}'")
+    return raw
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise SettingsError(f"{name} is set but empty; unset it or give a value")
+    return raw
+
+
+# field -> parser of its environment variable (MEDSAMIX_<FIELD>)
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "models": lambda name, raw: Path(_text(name, raw)),
+    "default_model": _text,
+    "token": _text,
+    "device": _device,
+    "max_request_bytes": _positive_int,
+    "max_pixels": _positive_int,
+    "max_frames": _positive_int,
+    "max_prompts": _positive_int,
+    "cache_mb": _positive_int,
+    "batching": _flag,
+    "max_batch_size": _positive_int,
+    "max_latency_ms": _positive_int,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the service serves and how much it accepts.
+
+    models: the model store folder. default_model: served when a request names no model and no task routes it.
+    token: when set, every route but /livez, /readyz and /metrics needs `Authorization: Bearer <token>`.
+    device: `gpu` makes /readyz fail unless the sessions run on a GPU provider. max_*: refuse larger requests
+    (whole body bytes; rows x columns of one frame; frames per file; prompts per request) with 413. cache_mb: the
+    embedding cache's size. batching, max_batch_size, max_latency_ms: the encoder's adaptive batching.
+    """
+
+    models: Path = Path("models")
+    default_model: str = "demo"
+    token: str | None = None
+    device: str = "cpu"
+    max_request_bytes: int = 256 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_frames: int = 2_000
+    max_prompts: int = 256
+    cache_mb: int = 1024
+    batching: bool = True
+    max_batch_size: int = 8
+    max_latency_ms: int = 100
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `MEDSAMIX_<FIELD>` variables (e.g. MEDSAMIX_MAX_PROMPTS=64); unset ones keep defaults."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            name = f"MEDSAMIX_{field.name.upper()}"
+            if name in environ:
+                values[field.name] = _PARSERS[field.name](name, environ[name])
+        return cls(**values)

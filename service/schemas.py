@@ -1,0 +1,81 @@
+"""The HTTP contract PACS integrators code against (pydantic; BentoML and FastAPI publish it at /docs.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
+
+
+class Prompt(BaseModel):
+    """One box to segment, in the DICOM image's pixel coordinates (x right, y down; the image spans [0, columns] x
+    [0, rows])."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    box: tuple[float, float, float, float] = Field(description="XYXY: x0, y0, x1, y1 with x0 < x1 and y0 < y1")
+    frame: int = Field(0, ge=0, description="frame index of a multi-frame image (0 for single-frame images)")
+    label: str | None = Field(
+        None, max_length=64, description="segment label (the SEG's segment name); default: the task, else 'segment'"
+    )
+    task: str | None = Field(
+        None,
+        max_length=64,
+        description="route to the model merged for this task (else the default model) and use its intensity preset",
+    )
+
+
+class Rle(BaseModel):
+    """COCO's uncompressed RLE: column-major runs over an image of `size` (rows, columns), starting with 0s."""
+
+    size: tuple[int, int]
+    counts: list[int]
+
+
+class PromptResult(BaseModel):
+    """The mask of one prompt, in the order the prompts were sent."""
+
+    label: str
+    frame: int
+    task: str | None
+    model: str = Field(description="the model that segmented this prompt (a key of `models`)")
+    mask: Rle
+    area: int = Field(description="foreground pixels")
+    iou: float = Field(description="the model's predicted IoU of its mask")
+
+
+class ModelRef(BaseModel):
+    """Which exact model answered: its version and the sha256 of its manifest (which hashes every file)."""
+
+    version: str
+    manifest_sha256: str
+
+
+class SegmentResponse(BaseModel):
+    results: list[PromptResult]
+    models: dict[str, ModelRef]
+
+
+class ModelCard(BaseModel):
+    """A served model as `GET /models` lists it."""
+
+    name: str
+    version: str
+    manifest_sha256: str
+    tasks: list[str]
+    single_task: bool = Field(description="merged for one task: prompts naming that task are routed to it")
+    default: bool = Field(description="serves prompts that name no model and no single-task model's task")
+    intensity_presets: dict[str, str]
+    scores: dict[str, Any]
+    providers: list[str] = Field(description="onnxruntime execution providers the sessions run on")
+    manifest: dict[str, Any]
+
+
+class EncodeJob(TypedDict):
+    """One image for the encoder service: the model's name, its uint8 (S, S, 3) model input and the (h, w) the
+    image was resized to inside it (an internal payload between the two services)."""
+
+    model: str
+    image: Any
+    resized: tuple[int, int]

@@ -1,0 +1,234 @@
+"""From a decoded DICOM image and box prompts to masks: routing, preprocessing, the embedding cache, the encoder,
+the decoder. No HTTP here, so the BentoML service, the tests and the benchmark run exactly the same steps.
+
+The encoder is a callable (`Encode`): in the service it is the batched encoder service (which batches images across
+requests), in-process it is `encode_jobs` on the loaded sessions. The decoder runs here, once per (model, frame)
+over all of that frame's boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service import imaging
+from service.cache import Embedding, EmbeddingCache
+from service.dicom import DicomImage
+from service.errors import RequestError
+from service.schemas import EncodeJob, Prompt
+from service.store import LoadedModel
+
+Encode = Callable[[list[EncodeJob]], list[np.ndarray]]
+# The cache key's preset when none is forced: the image's own window (or its modality's default) decides.
+AUTO_PRESET = "auto"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A loaded model with what serving it needs from its manifest."""
+
+    model: LoadedModel
+    geometry: imaging.Geometry
+    size: int
+    tasks: tuple[str, ...]
+    presets: Mapping[str, str]
+
+    @classmethod
+    def of(cls, model: LoadedModel) -> Served:
+        manifest = model.manifest
+        preprocessing = manifest["preprocessing"]
+        return cls(
+            model,
+            imaging.get_geometry(preprocessing["geometry"]),
+            int(manifest["image_size"]),
+            tuple(manifest["tasks"]),
+            dict(preprocessing["intensity_presets"]),
+        )
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def version(self) -> str:
+        return self.model.manifest["version"]
+
+    @property
+    def single_task(self) -> bool:
+        return len(self.tasks) == 1
+
+    def providers(self) -> list[str]:
+        return list(self.model.encoder.get_providers())
+
+    def decode(self, embedding: Embedding, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nx4 image-coordinate boxes on one embedding -> (N, h, w) bool masks in image coordinates, (N,) IoUs."""
+        model_boxes = self.geometry.box_to_model(boxes, embedding.frame).astype(np.float32)
+        logits, iou = self.model.decoder.run(None, {"image_embeddings": embedding.array[None], "boxes": model_boxes})
+        return self.geometry.mask_to_image(logits, embedding.frame, self.size), iou
+
+    def warm(self) -> None:
+        """One encoder and one decoder run on a blank image, so the first request does not pay for allocation."""
+        blank = np.zeros((self.size, self.size), np.uint8)
+        model_input, frame = self.geometry.prepare(blank, self.size)
+        job = EncodeJob(model=self.name, image=model_input, resized=frame.resized)
+        (array,) = encode_jobs({self.name: self}, [job])
+        self.decode(Embedding(array, frame), np.array([[0.0, 0.0, self.size / 2, self.size / 2]]))
+
+
+def encode_jobs(models: Mapping[str, Served], jobs: Sequence[EncodeJob]) -> list[np.ndarray]:
+    """The embedding (C, h, w) of every job, in job order; the jobs of one model run as one batch."""
+    out: list[np.ndarray | None] = [None] * len(jobs)
+    by_model: dict[str, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_model.setdefault(job["model"], []).append(i)
+    for name, indices in by_model.items():
+        images = np.stack([np.asarray(jobs[i]["image"], np.uint8) for i in indices])
+        resized = np.array([jobs[i]["resized"] for i in indices], np.int64)
+        (embeddings,) = models[name].model.encoder.run(None, {"image": images, "resized_hw": resized})
+        for i, embedding in zip(indices, embeddings, strict=True):
+            out[i] = embedding
+    return out  # type: ignore[return-value]
+
+
+class Router:
+    """Which model answers a prompt: an explicit model wins; a task goes to the model merged for that task alone,
+    else to the default (multi-task) model; no task goes to the default."""
+
+    def __init__(self, models: Mapping[str, Served], default: str | None) -> None:
+        self.models = models
+        self.default = default if default in models else None
+
+    def route(self, task: str | None, model: str | None) -> Served:
+        if model is not None:
+            if model not in self.models:
+                known = ", ".join(sorted(self.models)) or "none"
+                raise RequestError(f"there is no model '{model}' on this server; it serves: {known}", 404)
+            served = self.models[model]
+        elif task is not None:
+            single = sorted(n for n, s in self.models.items() if s.tasks == (task,))
+            if single:
+                served = self.models[single[0]]
+            elif self.default is not None and task in self.models[self.default].tasks:
+                served = self.models[self.default]
+            else:
+                known = self.tasks()
+                raise RequestError(f"no model on this server was merged for task '{task}'; the tasks are: {known}")
+        elif self.default is not None:
+            served = self.models[self.default]
+        else:
+            raise RequestError("this server has no default model; name a model or a task in the request")
+        if task is not None and task not in served.tasks:
+            raise RequestError(
+                f"model '{served.name}' was not merged for task '{task}'; its tasks are: {', '.join(served.tasks)}"
+            )
+        return served
+
+    def tasks(self) -> str:
+        return ", ".join(sorted({t for s in self.models.values() for t in s.tasks})) or "none"
+
+
+@dataclass(frozen=True)
+class Segmented:
+    """The answer to one prompt: a bool mask (rows, columns) on its frame, the model's predicted IoU, and who made
+    it."""
+
+    label: str
+    frame: int
+    task: str | None
+    model: str
+    mask: np.ndarray
+    iou: float
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Every prompt's answer in request order, and how many embeddings were computed vs taken from the cache."""
+
+    results: list[Segmented]
+    encoded: int
+    cached: int
+
+
+class Segmenter:
+    def __init__(
+        self,
+        models: Mapping[str, Served],
+        default: str | None,
+        encode: Encode,
+        cache: EmbeddingCache,
+        max_prompts: int,
+    ) -> None:
+        self.models = models
+        self.router = Router(models, default)
+        self.encode = encode
+        self.cache = cache
+        self.max_prompts = max_prompts
+
+    def segment(
+        self, image: DicomImage, prompts: Sequence[Prompt], model: str | None = None, preset: str | None = None
+    ) -> Segmentation:
+        """Masks for `prompts` on `image`; `model` overrides routing, `preset` the intensity window of every
+        prompt (else a prompt's task's preset, else the image's own window)."""
+        if not prompts:
+            raise RequestError("expected at least one prompt with a box; the request has none")
+        if len(prompts) > self.max_prompts:
+            raise RequestError(
+                f"the request has {len(prompts)} prompts; this server takes at most {self.max_prompts} per request",
+                413,
+            )
+        if preset is not None and preset not in imaging.PRESETS:
+            raise RequestError(f"unknown intensity preset '{preset}'; known presets: {', '.join(imaging.PRESETS)}")
+        try:
+            boxes = imaging.check_boxes(np.array([p.box for p in prompts], np.float64), image.rows, image.columns)
+        except imaging.ImagingError as error:
+            raise RequestError(str(error)) from None
+
+        # (model, frame, preset) -> the prompts it serves; one embedding and one decoder run each.
+        groups: dict[tuple[str, int, str | None], list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            served = self.router.route(prompt.task, model)
+            frame = image.check_frame(prompt.frame)
+            window = preset or (served.presets.get(prompt.task) if prompt.task else None)
+            groups.setdefault((served.name, frame, window), []).append(i)
+
+        embeddings, encoded = self._embeddings(image, list(groups))
+        results: list[Segmented | None] = [None] * len(prompts)
+        for key, indices in groups.items():
+            served = self.models[key[0]]
+            masks, ious = served.decode(embeddings[key], boxes[indices])
+            for i, mask, iou in zip(indices, masks, ious, strict=True):
+                prompt = prompts[i]
+                label = prompt.label or prompt.task or "segment"
+                results[i] = Segmented(label, prompt.frame, prompt.task, served.name, mask, float(iou))
+        return Segmentation(results, encoded, len(groups) - encoded)  # type: ignore[arg-type]
+
+    def _embeddings(
+        self, image: DicomImage, keys: list[tuple[str, int, str | None]]
+    ) -> tuple[dict[tuple[str, int, str | None], Embedding], int]:
+        """The embedding of each (model, frame, preset): from the cache, else encoded in one call for all misses."""
+        found: dict[tuple[str, int, str | None], Embedding] = {}
+        missing: list[tuple[tuple, tuple[str, int, str | None], imaging.Frame]] = []
+        jobs: list[EncodeJob] = []
+        for key in keys:
+            name, frame, window = key
+            served = self.models[name]
+            cache_key = (name, served.model.manifest_sha256, image.identity, frame, window or AUTO_PRESET)
+            entry = self.cache.get(cache_key)
+            if entry is not None:
+                found[key] = entry
+                continue
+            try:
+                pixels = image.display(frame, window)
+                model_input, geometry_frame = served.geometry.prepare(pixels, served.size)
+            except imaging.ImagingError as error:
+                raise RequestError(f"frame {frame} cannot be prepared for the model: {error}", 422) from None
+            jobs.append(EncodeJob(model=name, image=model_input, resized=geometry_frame.resized))
+            missing.append((cache_key, key, geometry_frame))
+        if jobs:
+            for (cache_key, key, geometry_frame), array in zip(missing, self.encode(jobs), strict=True):
+                entry = Embedding(np.asarray(array, np.float32), geometry_frame)
+                self.cache.put(cache_key, entry)
+                found[key] = entry
+        return found, len(jobs)

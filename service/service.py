@@ -1,0 +1,238 @@
+"""The BentoML service hospitals run: DICOM + boxes in, masks (RLE JSON) or a DICOM SEG out.
+
+Two services in one process tree (`bentoml serve service.service:MedSAMix`): the front `MedSAMix` decodes DICOM,
+routes prompts, keeps the embedding cache and runs the decoders; it `depends` on `Encoder`, whose one batchable
+method BentoML's adaptive batching feeds with images from concurrent requests. Both load every model in the store
+(hashes verified) and warm it before they report ready. Settings come from `MEDSAMIX_*` variables
+(`service/config.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import bentoml
+from _bentoml_impl.serde import ALL_SERDE, MultipartSerde
+from bentoml.exceptions import BadInput
+from bentoml.validators import ContentType
+from fastapi import FastAPI, Request
+from starlette.datastructures import UploadFile
+from starlette.responses import JSONResponse, Response
+
+from service.cache import EmbeddingCache
+from service.config import Settings
+from service.dicom import DicomImage, Limits, read_dicom
+from service.errors import RequestError
+from service.http import Guard, OneSentence
+from service.masks import encode_rle
+from service.runtime import available_providers
+from service.schemas import EncodeJob, ModelCard, ModelRef, Prompt, PromptResult, Rle, SegmentResponse
+from service.seg import Algorithm, SegmentMask, build_seg
+from service.segmenter import Segmentation, Segmenter, Served, encode_jobs
+from service.store import ModelStore
+
+logger = logging.getLogger("medsamix")
+SETTINGS = Settings.from_env()
+CPU = "CPUExecutionProvider"
+T = TypeVar("T")
+
+EMBEDDINGS = bentoml.metrics.Counter(
+    name="medsamix_embeddings_total",
+    documentation="Image embeddings a request needed: computed by the encoder or taken from the cache.",
+    labelnames=["source"],
+)
+PROMPTS = bentoml.metrics.Counter(
+    name="medsamix_prompts_total", documentation="Prompts segmented, by model.", labelnames=["model"]
+)
+REFUSED = bentoml.metrics.Counter(
+    name="medsamix_refused_total", documentation="Requests refused with a 4xx answer, by status.", labelnames=["status"]
+)
+
+
+def load_models(settings: Settings) -> dict[str, Served]:
+    """Every model in the store, verified, opened on the providers `settings.device` asks for, and warmed."""
+    store = ModelStore(settings.models, default=settings.default_model)
+    providers = available_providers() if settings.device == "gpu" else [CPU]
+    models = {name: Served.of(store.load(name, providers=providers)) for name in store.names()}
+    for served in models.values():
+        served.warm()
+    logger.info("serving %d model(s) on %s", len(models), ", ".join(providers))
+    return models
+
+
+def on_requested_device(models: dict[str, Served], settings: Settings) -> bool:
+    """False when a GPU was asked for and a session fell back to the CPU (ready on a CPU would be a lie)."""
+    return settings.device != "gpu" or all(s.providers()[0] != CPU for s in models.values())
+
+
+@bentoml.service(name="medsamix-encoder", workers=1, traffic={"timeout": 300})
+class Encoder:
+    """The image encoders of all served models behind one batchable method."""
+
+    def __init__(self) -> None:
+        self.models = load_models(SETTINGS)
+
+    def __is_ready__(self) -> bool:
+        return on_requested_device(self.models, SETTINGS)
+
+    @bentoml.api(
+        batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+    )
+    def encode(self, jobs: list[EncodeJob]) -> list[Any]:
+        """(C, h, w) float32 embeddings, one per job, in order; jobs from several requests arrive as one list."""
+        return encode_jobs(self.models, jobs)
+
+
+models_app = FastAPI(title="medsamix models", openapi_url=None, docs_url=None, redoc_url=None)
+
+
+@models_app.get("/models", response_model=list[ModelCard], summary="The served models and their manifests")
+def list_models(request: Request) -> list[ModelCard]:
+    return bentoml.get_current_service().model_cards()
+
+
+DicomFile = Annotated[Path, ContentType("application/dicom")]
+
+
+@bentoml.asgi_app(models_app, path="/")
+@bentoml.service(name="medsamix", workers=1, traffic={"timeout": 300})
+class MedSAMix:
+    """POST /segment, POST /segment/seg, GET /models; /livez, /readyz, /metrics come with BentoML."""
+
+    encoder = bentoml.depends(Encoder)
+
+    def __init__(self) -> None:
+        self.settings = SETTINGS
+        self.models = load_models(SETTINGS)
+        self.limits = Limits(max_pixels=SETTINGS.max_pixels, max_frames=SETTINGS.max_frames)
+        self.segmenter = Segmenter(
+            self.models,
+            SETTINGS.default_model,
+            self._encode,
+            EmbeddingCache(SETTINGS.cache_mb * 1024 * 1024),
+            SETTINGS.max_prompts,
+        )
+
+    def __is_ready__(self) -> bool:
+        return on_requested_device(self.models, SETTINGS)
+
+    def _encode(self, jobs: list[EncodeJob]) -> list[Any]:
+        # The proxy's methods exist only once the encoder service is up, so they are looked up per call.
+        return self.encoder.encode(jobs)
+
+    def model_cards(self) -> list[ModelCard]:
+        default = self.segmenter.router.default
+        return [
+            ModelCard(
+                name=name,
+                version=s.version,
+                manifest_sha256=s.model.manifest_sha256,
+                tasks=list(s.tasks),
+                single_task=s.single_task,
+                default=name == default,
+                intensity_presets=dict(s.presets),
+                scores=s.model.manifest["scores"],
+                providers=s.providers(),
+                manifest=s.model.manifest,
+            )
+            for name, s in sorted(self.models.items())
+        ]
+
+    @bentoml.api(route="/segment")
+    def segment(
+        self, file: DicomFile, prompts: list[Prompt], model: str | None = None, preset: str | None = None
+    ) -> SegmentResponse:
+        """Masks for box prompts on a DICOM image: one COCO RLE mask, its area and predicted IoU per prompt.
+
+        `file`: a DICOM Part 10 file (single- or multi-frame; native or compressed transfer syntaxes).
+        `prompts`: JSON list of {box: [x0, y0, x1, y1] in the image's pixel coordinates, frame, label, task}.
+        `model`: serve every prompt with this model (else routing by task). `preset`: force an intensity preset.
+        """
+        return _answer(lambda: self._segment_response(self._run(file, prompts, model, preset)[1]))
+
+    @bentoml.api(route="/segment/seg")
+    def segment_seg(
+        self, file: DicomFile, prompts: list[Prompt], model: str | None = None, preset: str | None = None
+    ) -> DicomFile:
+        """The same masks as one DICOM SEG instance (one segment per label) that references the source image.
+
+        All prompts of one request must be answered by one model (the SEG names it as its algorithm)."""
+        return _answer(lambda: self._seg_response(*self._run(file, prompts, model, preset)))
+
+    def _run(
+        self, file: Path, prompts: list[Prompt], model: str | None, preset: str | None
+    ) -> tuple[DicomImage, Segmentation]:
+        image = read_dicom(Path(file).read_bytes(), self.limits)
+        result = self.segmenter.segment(image, prompts, model, preset)
+        EMBEDDINGS.labels(source="encoder").inc(result.encoded)
+        EMBEDDINGS.labels(source="cache").inc(result.cached)
+        for r in result.results:
+            PROMPTS.labels(model=r.model).inc()
+        return image, result
+
+    def _refs(self, names: set[str]) -> dict[str, ModelRef]:
+        return {
+            n: ModelRef(version=self.models[n].version, manifest_sha256=self.models[n].model.manifest_sha256)
+            for n in sorted(names)
+        }
+
+    def _segment_response(self, result: Segmentation) -> SegmentResponse:
+        results = [
+            PromptResult(
+                label=r.label,
+                frame=r.frame,
+                task=r.task,
+                model=r.model,
+                mask=Rle(**encode_rle(r.mask)),
+                area=int(r.mask.sum()),
+                iou=r.iou,
+            )
+            for r in result.results
+        ]
+        return SegmentResponse(results=results, models=self._refs({r.model for r in result.results}))
+
+    def _seg_response(self, image: DicomImage, result: Segmentation) -> Response:
+        names = sorted({r.model for r in result.results})
+        if len(names) > 1:
+            raise RequestError(
+                f"the prompts of one /segment/seg request must be answered by one model, these were routed to "
+                f"{', '.join(names)}; send one request per model or name the model"
+            )
+        served = self.models[names[0]]
+        algorithm = Algorithm(served.name, served.version, served.model.manifest_sha256)
+        masks = [SegmentMask(r.label, r.frame, r.mask) for r in result.results]
+        data = build_seg(image.dataset, masks, algorithm, frames=image.frames)
+        disposition = {"content-disposition": "attachment; filename=seg.dcm"}
+        return Response(data, media_type="application/dicom", headers=disposition)
+
+
+class UploadsOnly(MultipartSerde):
+    """BentoML fetches a file field sent as a URL string (a request from the server on a client's behalf); this
+    service takes uploaded files only."""
+
+    @staticmethod
+    async def ensure_file(obj: str | UploadFile) -> UploadFile:
+        if isinstance(obj, UploadFile):
+            return obj
+        raise BadInput("the field 'file' must be an uploaded file (a multipart file part), not text or a URL")
+
+
+for _media_type, _serde in list(ALL_SERDE.items()):
+    if _serde is MultipartSerde:  # multipart and url-encoded forms
+        ALL_SERDE[_media_type] = UploadsOnly  # type: ignore[index]
+# Added last = outermost: OneSentence also reshapes the Guard's own answers (already in shape, unchanged).
+MedSAMix.add_asgi_middleware(Guard, token=SETTINGS.token, max_bytes=SETTINGS.max_request_bytes)
+MedSAMix.add_asgi_middleware(OneSentence)
+
+
+def _answer(compute: Callable[[], T]) -> T | JSONResponse:
+    """The API's result, or a refusal as `{"error": sentence}` with its status (BentoML's own error body for a
+    4xx is a list, and not every status is expressible through its exceptions)."""
+    try:
+        return compute()
+    except RequestError as error:
+        REFUSED.labels(status=str(int(error.status))).inc()
+        return JSONResponse({"error": str(error)}, status_code=int(error.status))

@@ -1,0 +1,309 @@
+"""The service as hospitals run it: `bentoml serve` in a subprocess on a loopback port, real DICOM files over HTTP.
+
+One server (module scope) serves a store of two models: the embedded demo (five tasks, the default) and `liver`,
+the zoo's CT specialist exported for `ct_liver` alone, so routing is visible in the answers. Masks are checked
+against the store's models run directly with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import highdicom
+import httpx
+import numpy as np
+import pydicom
+import pytest
+
+from service import imaging
+from service.dicom import read_dicom
+from service.local import LocalServer, serve
+from service.masks import decode_rle
+from service.store import ModelStore
+from tests import dicomfiles as files
+
+REPO = Path(__file__).resolve().parent.parent
+ZOO = REPO / "tests" / "zoo"
+TOKEN = "correct-horse-battery-staple"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LIMITS = {
+    "MEDSAMIX_MAX_PROMPTS": "8",
+    "MEDSAMIX_MAX_REQUEST_BYTES": str(2 * 1024 * 1024),
+    "MEDSAMIX_MAX_PIXELS": str(1024 * 1024),
+    "MEDSAMIX_MAX_FRAMES": "16",
+}
+# Values written into the test files that no response or log line may contain.
+SECRETS = (files.PATIENT_NAME, files.PATIENT_ID, files.STUDY_DESCRIPTION, files.ACCESSION_NUMBER)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from search.export import export_model, load_source
+
+    root = tmp_path_factory.mktemp("serving") / "models"
+    shutil.copytree(REPO / "models" / "demo", root / "demo")
+    export_model(
+        load_source(ZOO / "ct_specialist_tiny.pt", "sam"),
+        "liver",
+        root,
+        tasks=["ct_liver"],
+        presets={"ct_liver": "ct_abdomen"},
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> LocalServer:
+    env = {"MEDSAMIX_MODELS": str(store), "MEDSAMIX_TOKEN": TOKEN, "MEDSAMIX_MAX_LATENCY_MS": "20", **LIMITS}
+    with serve(env, tmp_path_factory.mktemp("logs") / "serve.log") as running:
+        yield running
+
+
+def post(
+    server: LocalServer,
+    dicom: bytes,
+    prompts: Any,
+    path: str = "/segment",
+    headers: dict[str, str] | None = None,
+    **fields: str,
+) -> httpx.Response:
+    data = {"prompts": prompts if isinstance(prompts, str) else json.dumps(prompts), **fields}
+    upload = {"file": ("image.dcm", dicom, "application/dicom")}
+    headers = AUTH if headers is None else headers
+    return httpx.post(server.url + path, files=upload, data=data, headers=headers, timeout=60)
+
+
+def reference(store: Path, name: str, dicom: bytes, boxes: list, frame: int = 0, preset: str | None = None):
+    """The model `name` run directly: decoded frame -> geometry -> encoder -> decoder -> masks, IoUs."""
+    model = ModelStore(store).load(name, providers=["CPUExecutionProvider"])
+    geometry = imaging.get_geometry(model.manifest["preprocessing"]["geometry"])
+    size = model.manifest["image_size"]
+    model_input, frame_geometry = geometry.prepare(read_dicom(dicom).display(frame, preset), size)
+    resized = np.array([frame_geometry.resized])
+    (embedding,) = model.encoder.run(None, {"image": model_input[None], "resized_hw": resized})
+    model_boxes = geometry.box_to_model(np.array(boxes, np.float64), frame_geometry).astype(np.float32)
+    logits, iou = model.decoder.run(None, {"image_embeddings": embedding, "boxes": model_boxes})
+    return geometry.mask_to_image(logits, frame_geometry, size), iou
+
+
+def masks_of(response: httpx.Response) -> list[np.ndarray]:
+    assert response.status_code == 200, response.text
+    return [decode_rle(r["mask"]) for r in response.json()["results"]]
+
+
+def counter(server: LocalServer, source: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    match = re.search(rf'^medsamix_embeddings_total{{source="{source}"}} ([0-9.e+]+)$', text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_masks_equal_the_store_models_run_directly(server: LocalServer, store: Path) -> None:
+    ct = files.testdata("CT_small.dcm")
+    prompts = [
+        {"box": [20, 30, 90, 100], "task": "ct_liver", "label": "liver"},  # -> liver, ct_abdomen window
+        {"box": [10, 10, 60, 50]},  # -> demo, the file's own window
+        {"box": [40, 40, 120, 110], "task": "ct_kidney"},  # -> demo (no single-task kidney model), ct_abdomen
+    ]
+    response = post(server, ct, prompts)
+    body = response.json()
+    expected = [
+        reference(store, "liver", ct, [prompts[0]["box"]], preset="ct_abdomen"),
+        reference(store, "demo", ct, [prompts[1]["box"]]),
+        reference(store, "demo", ct, [prompts[2]["box"]], preset="ct_abdomen"),
+    ]
+    for result, mask, (ref_masks, ref_iou) in zip(body["results"], masks_of(response), expected, strict=True):
+        np.testing.assert_array_equal(mask, ref_masks[0])
+        assert result["area"] == int(ref_masks[0].sum()) > 0
+        assert result["iou"] == pytest.approx(float(ref_iou[0]), abs=1e-5)
+    assert [r["model"] for r in body["results"]] == ["liver", "demo", "demo"]
+    assert [r["label"] for r in body["results"]] == ["liver", "segment", "ct_kidney"]
+    for name in ("demo", "liver"):
+        manifest_sha = ModelStore(store).manifest(name)[1]
+        assert body["models"][name] == {"version": "1", "manifest_sha256": manifest_sha}
+
+
+def test_models_lists_tasks_and_routing_follows_it(server: LocalServer) -> None:
+    cards = {c["name"]: c for c in httpx.get(server.url + "/models", headers=AUTH, timeout=10).json()}
+    assert set(cards) == {"demo", "liver"}
+    assert cards["liver"]["tasks"] == ["ct_liver"] and cards["liver"]["single_task"] and not cards["liver"]["default"]
+    assert cards["demo"]["default"] and not cards["demo"]["single_task"] and len(cards["demo"]["tasks"]) == 5
+    assert cards["demo"]["providers"] == ["CPUExecutionProvider"]
+    ct = files.testdata("CT_small.dcm")
+    box = [20, 30, 90, 100]
+    routed = post(server, ct, [{"box": box, "task": "ct_liver"}, {"box": box, "task": "mr_grey_matter"}]).json()
+    assert [r["model"] for r in routed["results"]] == ["liver", "demo"]
+    explicit = post(server, ct, [{"box": box, "task": "ct_liver"}], model="demo").json()  # an explicit model wins
+    assert explicit["results"][0]["model"] == "demo"
+
+
+def test_multiframe_compressed_and_monochrome1_images(server: LocalServer, store: Path) -> None:
+    hu = np.stack([files.ct_hu(64, 80, seed) for seed in range(3)])
+    box = [8, 6, 60, 50]
+    prompt = [{"box": box, "frame": 2, "task": "ct_liver"}]
+    multi = files.multiframe(hu)
+    from_multi = masks_of(post(server, multi, prompt))[0]
+    single = files.ct_image(hu[2])
+    np.testing.assert_array_equal(from_multi, masks_of(post(server, single, [{**prompt[0], "frame": 0}]))[0])
+    np.testing.assert_array_equal(from_multi, reference(store, "liver", multi, [box], 2, "ct_abdomen")[0][0])
+    for syntax in files.LOSSLESS_SYNTAXES:
+        packed = files.compressed(single, syntax)
+        np.testing.assert_array_equal(masks_of(post(server, packed, [{"box": box, "task": "ct_liver"}]))[0], from_multi)
+    inverted = files.ct_image(hu[2], monochrome1=True, window=(40, 400))
+    got = masks_of(post(server, inverted, [{"box": box}]))[0]
+    np.testing.assert_array_equal(got, reference(store, "demo", inverted, [box])[0][0])
+
+
+def test_more_boxes_on_a_seen_image_cost_only_the_decoder(server: LocalServer, store: Path) -> None:
+    image = files.ct_image(files.ct_hu(64, 80, seed=11))
+    encoded, cached = counter(server, "encoder"), counter(server, "cache")
+    first = masks_of(post(server, image, [{"box": [5, 5, 40, 40]}]))
+    assert (counter(server, "encoder"), counter(server, "cache")) == (encoded + 1, cached)
+    boxes = [[10, 12, 70, 60], [0, 0, 80, 64]]
+    again = masks_of(post(server, image, [{"box": b} for b in boxes]))
+    assert (counter(server, "encoder"), counter(server, "cache")) == (encoded + 1, cached + 1)
+    ref_masks, _ = reference(store, "demo", image, [[5, 5, 40, 40], *boxes])
+    np.testing.assert_array_equal(np.stack(first + again), ref_masks)
+    # The same UID with other pixels is another image: never answered from the cache.
+    changed = files.with_changes(image, PixelData=files.read(files.ct_image(files.ct_hu(64, 80, 12))).PixelData)
+    masks_of(post(server, changed, [{"box": [5, 5, 40, 40]}]))
+    assert counter(server, "encoder") == encoded + 2
+
+
+def test_concurrent_requests_are_batched_and_answered_correctly(server: LocalServer, store: Path) -> None:
+    images = [files.ct_image(files.ct_hu(48, 48, seed)) for seed in range(100, 106)]
+    box = [4, 4, 40, 44]
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda image: post(server, image, [{"box": box}]), images))
+    for image, response in zip(images, responses, strict=True):
+        agreement = (masks_of(response)[0] == reference(store, "demo", image, [box])[0][0]).mean()
+        assert agreement >= 0.995  # a batch of several images may round differently from a batch of one
+
+
+def test_seg_references_the_source_and_holds_the_masks(server: LocalServer) -> None:
+    ct = files.testdata("CT_small.dcm")
+    prompts = [{"box": [20, 30, 90, 100], "label": "liver"}, {"box": [60, 60, 120, 120], "label": "kidney"}]
+    response = post(server, ct, prompts, path="/segment/seg")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    seg = highdicom.seg.segread(BytesIO(response.content))
+    source = pydicom.dcmread(BytesIO(ct))
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == (
+        source.SOPInstanceUID
+    )
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "kidney"]
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("MedSAMix demo", "1")
+    stored = seg.get_pixels_by_source_instance([source.SOPInstanceUID], ignore_spatial_locations=True)[0]
+    expected = masks_of(post(server, ct, prompts))
+    for i, mask in enumerate(expected):
+        np.testing.assert_array_equal(stored[..., i].astype(bool), mask)
+
+
+def test_seg_of_a_multiframe_image_maps_the_frame(server: LocalServer) -> None:
+    hu = np.stack([files.ct_hu(64, 80, seed) for seed in range(20, 23)])
+    multi = files.multiframe(hu)
+    prompt = [{"box": [8, 6, 60, 50], "frame": 1, "label": "lesion"}]
+    response = post(server, multi, prompt, path="/segment/seg")
+    assert response.status_code == 200, response.text
+    seg = highdicom.seg.segread(BytesIO(response.content))
+    source = pydicom.dcmread(BytesIO(multi))
+    pixels = seg.get_pixels_by_source_frame(source.SOPInstanceUID, [2], ignore_spatial_locations=True)  # 1-based
+    np.testing.assert_array_equal(pixels[0, ..., 0].astype(bool), masks_of(post(server, multi, prompt))[0])
+
+
+def test_token_guards_everything_but_the_probes(server: LocalServer) -> None:
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(server.url + path, timeout=10).status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        for method, path in (("GET", "/models"), ("GET", "/docs.json"), ("POST", "/segment")):
+            response = httpx.request(method, server.url + path, headers=headers, timeout=10)
+            assert response.status_code == 401, (path, headers)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert "bearer token" in response.json()["error"]
+
+
+def test_openapi_describes_the_api(server: LocalServer) -> None:
+    spec = httpx.get(server.url + "/docs.json", headers=AUTH, timeout=10).json()
+    assert {"/segment", "/segment/seg", "/models", "/livez", "/readyz", "/metrics"} <= set(spec["paths"])
+    form = spec["paths"]["/segment"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert {"file", "prompts", "model", "preset"} <= set(form["properties"]) and set(form["required"]) == {
+        "file",
+        "prompts",
+    }
+    prompt = spec["components"]["schemas"]["Prompt"]
+    assert set(prompt["properties"]) == {"box", "frame", "label", "task"}
+    assert spec["paths"]["/models"]["get"]["responses"]["200"]
+
+
+def _bad_requests() -> list[tuple[str, Any, int, str]]:
+    """(what, request arguments or a callable, expected status, a phrase the sentence must contain)."""
+    ct = files.ct_image(files.ct_hu(64, 80, seed=5))
+    box = [{"box": [5, 5, 40, 40]}]
+    huge = files.with_changes(ct, Rows=40000, Columns=40000)
+    return [
+        ("not DICOM", (b"\x89PNG\r\n\x1a\n" + bytes(200), box), 400, "not a DICOM file"),
+        ("truncated", (ct[: len(ct) // 2], box), 400, "truncated"),
+        ("no pixel data", (files.with_changes(ct, delete=["PixelData"]), box), 422, "no pixel data"),
+        ("huge dimensions", (huge, box), 413, "pixels"),
+        ("box outside", (ct, [{"box": [5, 5, 90, 40]}]), 400, "outside the image"),
+        ("zero-area box", (ct, [{"box": [5, 5, 5, 40]}]), 400, "zero or negative width"),
+        ("frame out of range", (ct, [{"box": [5, 5, 40, 40], "frame": 3}]), 400, "out of range"),
+        ("too many prompts", (ct, box * 9), 413, "at most 8"),
+        ("no prompts", (ct, []), 400, "at least one prompt"),
+        ("unknown model", (ct, box, "/segment", None, {"model": "nope"}), 404, "no model 'nope'"),
+        ("unknown task", (ct, [{"box": [5, 5, 40, 40], "task": "lung"}]), 400, "task 'lung'"),
+        ("unknown preset", (ct, box, "/segment", None, {"preset": "ct_sinus"}), 400, "unknown intensity preset"),
+        ("undecodable syntax", (files.compressed(ct, files.UNDECODABLE_SYNTAX), box), 415, "cannot be decoded"),
+        ("prompts not JSON", (ct, "[{box: 1"), 400, "prompts"),
+        ("prompt without box", (ct, [{"frame": 0}]), 400, "box"),
+        ("wrong token", (ct, box, "/segment", {"Authorization": "Bearer nope"}), 401, "bearer token"),
+        ("oversize body", (bytes(3 * 1024 * 1024), box), 413, "larger than this server accepts"),
+        ("two models in one SEG", (ct, [box[0], {**box[0], "task": "ct_liver"}], "/segment/seg"), 400, "one model"),
+    ]
+
+
+@pytest.mark.parametrize("what, request_args, status, phrase", _bad_requests(), ids=[b[0] for b in _bad_requests()])
+def test_bad_input_is_one_sentence_and_the_server_stays_up(
+    server: LocalServer, what: str, request_args: tuple, status: int, phrase: str
+) -> None:
+    dicom, prompts, *rest = request_args
+    path, headers, fields = (rest + ["/segment", None, {}][len(rest) :])[:3]
+    response = post(server, dicom, prompts, path=path, headers=headers, **fields)
+    assert response.status_code == status, response.text
+    message = response.json()["error"]
+    assert phrase in message, message
+    assert "\n" not in message and "Traceback" not in message
+    assert not any(secret in message for secret in SECRETS)
+    assert httpx.get(server.url + "/livez", timeout=10).status_code == 200
+
+
+def test_a_url_in_the_file_field_is_not_fetched(server: LocalServer) -> None:
+    data = {"file": "http://127.0.0.1:9/x.dcm", "prompts": json.dumps([{"box": [1, 1, 5, 5]}])}
+    response = httpx.post(server.url + "/segment", data=data, headers=AUTH, timeout=30)
+    assert response.status_code == 400 and "uploaded file" in response.json()["error"]
+
+
+def test_no_patient_data_in_the_server_log(server: LocalServer) -> None:
+    # Runs after the battery: everything above was logged by now.
+    log = server.log.read_text(errors="replace")
+    assert "/segment" in log
+    leaked = [s for s in SECRETS if s in log]
+    assert not leaked, f"the server log contains DICOM values: {leaked}"
+
+
+def test_readyz_fails_when_the_gpu_was_asked_for_and_only_the_cpu_loaded(store: Path, tmp_path: Path) -> None:
+    from service.runtime import available_providers
+
+    if "CUDAExecutionProvider" in available_providers():
+        pytest.skip("this onnxruntime has CUDA: the GPU would really be used")
+    env = {"MEDSAMIX_MODELS": str(store), "MEDSAMIX_DEVICE": "gpu"}
+    with serve(env, tmp_path / "gpu.log", ready=False) as running:
+        assert httpx.get(running.url + "/livez", timeout=10).status_code == 200
+        assert httpx.get(running.url + "/readyz", timeout=10).status_code == 503
