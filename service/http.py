@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -159,3 +159,64 @@ def _sentence(body: bytes) -> str:
         ]
         return "the request's fields do not match the API (" + "; ".join(fields) + ")"
     return str(data.get("error") or data.get("detail") or "the request was refused")
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "title": "Error",
+    "properties": {"error": {"type": "string", "description": "one sentence: what was expected and what was found"}},
+    "required": ["error"],
+}
+
+
+class DocumentedErrors:
+    """Completes the OpenAPI document BentoML serves at /docs.json with what this service really answers: the
+    refusals of each route (`{"error": sentence}` with their statuses, which BentoML's generator does not know)
+    and, when a token is set, the bearer scheme."""
+
+    def __init__(self, app: ASGIApp, errors: Mapping[str, Sequence[int]], bearer: bool) -> None:
+        self.app = app
+        self.errors = errors
+        self.bearer = bearer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/docs.json":
+            await self.app(scope, receive, send)
+            return
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            else:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await self._send(send, start, b"".join(chunks))
+
+        await self.app(scope, receive, capture)
+
+    async def _send(self, send: Send, start: Message, body: bytes) -> None:
+        if start.get("status") == 200:
+            body = json.dumps(self.complete(json.loads(body))).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def complete(self, spec: dict[str, Any]) -> dict[str, Any]:
+        components = spec.setdefault("components", {})
+        components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        reference = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        for path, statuses in self.errors.items():
+            for operation in spec.get("paths", {}).get(path, {}).values():
+                responses = operation.setdefault("responses", {})
+                for status in statuses:
+                    responses[str(status)] = {"description": HTTPStatus(status).phrase, "content": reference}
+        if self.bearer:
+            components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+            for path, item in spec.get("paths", {}).items():
+                if path not in OPEN_PATHS:
+                    for operation in item.values():
+                        operation["security"] = [{"bearer": []}]
+        return spec

@@ -26,7 +26,7 @@ from service.cache import EmbeddingCache
 from service.config import Settings
 from service.dicom import DicomImage, Limits, read_dicom
 from service.errors import RequestError
-from service.http import Guard, OneSentence
+from service.http import DocumentedErrors, Guard, OneSentence
 from service.masks import encode_rle
 from service.runtime import available_providers
 from service.schemas import EncodeJob, ModelCard, ModelRef, Prompt, PromptResult, Rle, SegmentResponse
@@ -223,9 +223,13 @@ class UploadsOnly(MultipartSerde):
 for _media_type, _serde in list(ALL_SERDE.items()):
     if _serde is MultipartSerde:  # multipart and url-encoded forms
         ALL_SERDE[_media_type] = UploadsOnly  # type: ignore[index]
-# Added last = outermost: OneSentence also reshapes the Guard's own answers (already in shape, unchanged).
+# The refusals each route can answer (all `{"error": sentence}`), published in /docs.json.
+SEGMENT_ERRORS = (400, 401, 404, 413, 415, 422)
+ERRORS = {"/segment": SEGMENT_ERRORS, "/segment/seg": SEGMENT_ERRORS, "/models": (401,)}
+# In order from the outside in: the Guard refuses before anything reads a body; its answers are already in shape.
 MedSAMix.add_asgi_middleware(Guard, token=SETTINGS.token, max_bytes=SETTINGS.max_request_bytes)
 MedSAMix.add_asgi_middleware(OneSentence)
+MedSAMix.add_asgi_middleware(DocumentedErrors, errors=ERRORS, bearer=SETTINGS.token is not None)
 
 
 def _answer(compute: Callable[[], T]) -> T | JSONResponse:

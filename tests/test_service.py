@@ -307,3 +307,14 @@ def test_readyz_fails_when_the_gpu_was_asked_for_and_only_the_cpu_loaded(store: 
     with serve(env, tmp_path / "gpu.log", ready=False) as running:
         assert httpx.get(running.url + "/livez", timeout=10).status_code == 200
         assert httpx.get(running.url + "/readyz", timeout=10).status_code == 503
+
+
+def test_openapi_publishes_the_refusals_and_the_bearer_scheme(server: LocalServer) -> None:
+    spec = httpx.get(server.url + "/docs.json", headers=AUTH, timeout=10).json()
+    segment = spec["paths"]["/segment"]["post"]
+    assert {"200", "400", "401", "404", "413", "415", "422"} <= set(segment["responses"])
+    assert segment["responses"]["415"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+    assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert segment["security"] == [{"bearer": []}] and "security" not in spec["paths"]["/livez"]["get"]

@@ -1,0 +1,113 @@
+"""The service's parts without a server: settings from the environment, the embedding cache's LRU-by-bytes, the
+router's rules and the segmenter against the store's model run step by step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import imaging
+from service.cache import Embedding, EmbeddingCache
+from service.config import Settings, SettingsError
+from service.dicom import read_dicom
+from service.errors import RequestError
+from service.schemas import Prompt
+from service.segmenter import Router, Segmenter, Served, encode_jobs
+from service.store import ModelStore
+from tests import dicomfiles as files
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_settings_come_from_the_environment_with_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
+    settings = Settings.from_env(
+        {"MEDSAMIX_MODELS": "/srv/models", "MEDSAMIX_MAX_PROMPTS": "16", "MEDSAMIX_BATCHING": "off", "OTHER": "x"}
+    )
+    assert (settings.models, settings.max_prompts, settings.batching) == (Path("/srv/models"), 16, False)
+
+
+@pytest.mark.parametrize(
+    "name, value, phrase",
+    [
+        ("MEDSAMIX_MAX_PROMPTS", "0", "positive integer"),
+        ("MEDSAMIX_CACHE_MB", "lots", "positive integer"),
+        ("MEDSAMIX_DEVICE", "tpu", "one of cpu, gpu"),
+        ("MEDSAMIX_BATCHING", "maybe", "one of 1/0"),
+        ("MEDSAMIX_TOKEN", " ", "set but empty"),
+    ],
+)
+def test_a_bad_setting_is_one_sentence_naming_the_variable(name: str, value: str, phrase: str) -> None:
+    with pytest.raises(SettingsError, match=phrase) as error:
+        Settings.from_env({name: value})
+    assert str(error.value).startswith(name)
+
+
+def _embedding(nbytes: int) -> Embedding:
+    return Embedding(np.zeros(nbytes // 4, np.float32), imaging.Frame((8, 8), (8, 8)))
+
+
+def test_cache_evicts_the_least_recently_used_to_stay_within_its_bytes() -> None:
+    cache = EmbeddingCache(max_bytes=1000)
+    for key in "abc":
+        cache.put(key, _embedding(400))  # c evicts a
+    assert cache.get("a") is None and len(cache) == 2 and cache.nbytes == 800
+    assert cache.get("b") is not None  # b is now the most recent: d evicts c
+    cache.put("d", _embedding(400))
+    assert cache.get("c") is None and cache.get("b") is not None and cache.get("d") is not None
+    cache.put("huge", _embedding(2000))  # larger than the cache: not kept, nothing evicted
+    assert cache.get("huge") is None and len(cache) == 2
+    assert (cache.hits, cache.misses) == (3, 3)
+
+
+@pytest.fixture(scope="module")
+def demo() -> Served:
+    return Served.of(ModelStore(REPO / "models").load("demo", providers=["CPUExecutionProvider"]))
+
+
+def test_router_rules(demo: Served) -> None:
+    liver = Served(demo.model, demo.geometry, demo.size, ("ct_liver",), {"ct_liver": "ct_abdomen"})
+    models = {"demo": demo, "liver": liver}
+    router = Router(models, "demo")
+    assert router.route(None, None) is demo
+    assert router.route("ct_liver", None) is liver  # a single-task model for the task
+    assert router.route("ct_kidney", None) is demo  # else the default, if it covers the task
+    assert router.route("ct_liver", "demo") is demo  # an explicit model wins
+    with pytest.raises(RequestError, match="no model 'x'") as error:
+        router.route(None, "x")
+    assert error.value.status == 404
+    with pytest.raises(RequestError, match="merged for task 'lung'"):
+        router.route("lung", None)
+    with pytest.raises(RequestError, match="was not merged for task 'ct_kidney'"):
+        router.route("ct_kidney", "liver")
+    with pytest.raises(RequestError, match="no default model"):
+        Router({"liver": liver}, "demo").route(None, None)
+
+
+def test_segmenter_equals_the_steps_run_by_hand_and_caches(demo: Served) -> None:
+    calls: list[int] = []
+
+    def encode(jobs):
+        calls.append(len(jobs))
+        return encode_jobs({"demo": demo}, jobs)
+
+    segmenter = Segmenter({"demo": demo}, "demo", encode, EmbeddingCache(2**24), max_prompts=4)
+    dicom = files.ct_image(files.ct_hu(60, 90, seed=1))
+    boxes = [[5, 5, 50, 40], [30, 10, 88, 59]]
+    result = segmenter.segment(read_dicom(dicom), [Prompt(box=b, task="ct_liver") for b in boxes])
+    model_input, frame = demo.geometry.prepare(read_dicom(dicom).display(0, "ct_abdomen"), demo.size)
+    (embedding,) = demo.model.encoder.run(None, {"image": model_input[None], "resized_hw": np.array([frame.resized])})
+    model_boxes = demo.geometry.box_to_model(np.array(boxes, float), frame).astype(np.float32)
+    logits, ious = demo.model.decoder.run(None, {"image_embeddings": embedding, "boxes": model_boxes})
+    expected = demo.geometry.mask_to_image(logits, frame, demo.size)
+    np.testing.assert_array_equal(np.stack([r.mask for r in result.results]), expected)
+    np.testing.assert_allclose([r.iou for r in result.results], ious, atol=1e-6)
+    assert (result.encoded, result.cached, calls) == (1, 0, [1])
+    again = segmenter.segment(read_dicom(dicom), [Prompt(box=boxes[0], task="ct_liver")])
+    assert (again.encoded, again.cached, calls) == (0, 1, [1])
+    np.testing.assert_array_equal(again.results[0].mask, expected[0])
+    with pytest.raises(RequestError, match="at most 4") as error:
+        segmenter.segment(read_dicom(dicom), [Prompt(box=boxes[0])] * 5)
+    assert error.value.status == 413
