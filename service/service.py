@@ -94,7 +94,9 @@ def list_models(request: Request) -> list[ModelCard]:
     return bentoml.get_current_service().model_cards()
 
 
-DicomFile = Annotated[Path, ContentType("application/dicom")]
+# Uploads are taken whatever content type the client gives them (curl says application/octet-stream); the bytes
+# are checked as DICOM. The SEG answer is application/dicom.
+SegFile = Annotated[Path, ContentType("application/dicom")]
 
 
 @bentoml.asgi_app(models_app, path="/")
@@ -143,7 +145,7 @@ class MedSAMix:
 
     @bentoml.api(route="/segment")
     def segment(
-        self, file: DicomFile, prompts: list[Prompt], model: str | None = None, preset: str | None = None
+        self, file: Path, prompts: list[Prompt], model: str | None = None, preset: str | None = None
     ) -> SegmentResponse:
         """Masks for box prompts on a DICOM image: one COCO RLE mask, its area and predicted IoU per prompt.
 
@@ -155,8 +157,8 @@ class MedSAMix:
 
     @bentoml.api(route="/segment/seg")
     def segment_seg(
-        self, file: DicomFile, prompts: list[Prompt], model: str | None = None, preset: str | None = None
-    ) -> DicomFile:
+        self, file: Path, prompts: list[Prompt], model: str | None = None, preset: str | None = None
+    ) -> SegFile:
         """The same masks as one DICOM SEG instance (one segment per label) that references the source image.
 
         All prompts of one request must be answered by one model (the SEG names it as its algorithm)."""

@@ -318,3 +318,12 @@ def test_openapi_publishes_the_refusals_and_the_bearer_scheme(server: LocalServe
     }
     assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert segment["security"] == [{"bearer": []}] and "security" not in spec["paths"]["/livez"]["get"]
+
+
+def test_an_upload_of_any_content_type_is_read_as_dicom(server: LocalServer) -> None:
+    ct = files.testdata("CT_small.dcm")
+    for content_type in ("application/octet-stream", "application/dicom"):
+        upload = {"file": ("ct.dcm", ct, content_type)}
+        data = {"prompts": json.dumps([{"box": [20, 30, 90, 100]}])}
+        response = httpx.post(server.url + "/segment", files=upload, data=data, headers=AUTH, timeout=60)
+        assert response.status_code == 200, response.text
