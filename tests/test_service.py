@@ -142,7 +142,7 @@ def test_models_lists_tasks_and_routing_follows_it(server: LocalServer) -> None:
     assert explicit["results"][0]["model"] == "demo"
 
 
-def test_multiframe_compressed_and_monochrome1_images(server: LocalServer, store: Path) -> None:
+def test_multiframe_compressed_monochrome1_and_rgb_images(server: LocalServer, store: Path) -> None:
     hu = np.stack([files.ct_hu(64, 80, seed) for seed in range(3)])
     box = [8, 6, 60, 50]
     prompt = [{"box": box, "frame": 2, "task": "ct_liver"}]
@@ -157,6 +157,10 @@ def test_multiframe_compressed_and_monochrome1_images(server: LocalServer, store
     inverted = files.ct_image(hu[2], monochrome1=True, window=(40, 400))
     got = masks_of(post(server, inverted, [{"box": box}]))[0]
     np.testing.assert_array_equal(got, reference(store, "demo", inverted, [box])[0][0])
+    rgb = files.rgb_image(np.random.default_rng(4).integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(
+        masks_of(post(server, rgb, [{"box": box}]))[0], reference(store, "demo", rgb, [box])[0][0]
+    )
 
 
 def test_more_boxes_on_a_seen_image_cost_only_the_decoder(server: LocalServer, store: Path) -> None:
