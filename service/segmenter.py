@@ -60,7 +60,8 @@ class Served:
         return len(self.tasks) == 1
 
     def providers(self) -> list[str]:
-        return list(self.model.encoder.get_providers())
+        """The execution providers of the first session opened (all are opened on the same list)."""
+        return list(self.model.sessions()[0].get_providers())
 
     def decode(self, embedding: Embedding, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nx4 image-coordinate boxes on one embedding -> (N, h, w) bool masks in image coordinates, (N,) IoUs."""
@@ -69,12 +70,13 @@ class Served:
         return self.geometry.mask_to_image(logits, embedding.frame, self.size), iou
 
     def warm(self) -> None:
-        """One encoder and one decoder run on a blank image, so the first request does not pay for allocation."""
-        blank = np.zeros((self.size, self.size), np.uint8)
-        model_input, frame = self.geometry.prepare(blank, self.size)
-        job = EncodeJob(model=self.name, image=model_input, resized=frame.resized)
-        (array,) = encode_jobs({self.name: self}, [job])
-        self.decode(Embedding(array, frame), np.array([[0.0, 0.0, self.size / 2, self.size / 2]]))
+        """One run of each graph loaded on a blank image, so the first request does not pay for allocation."""
+        model_input, frame = self.geometry.prepare(np.zeros((self.size, self.size), np.uint8), self.size)
+        if self.model.encoder is not None:
+            encode_jobs({self.name: self}, [EncodeJob(model=self.name, image=model_input, resized=frame.resized)])
+        if self.model.decoder is not None:
+            blank = np.zeros(self.model.manifest["embedding_shape"], np.float32)
+            self.decode(Embedding(blank, frame), np.array([[0.0, 0.0, self.size / 2, self.size / 2]]))
 
 
 def encode_jobs(models: Mapping[str, Served], jobs: Sequence[EncodeJob]) -> list[np.ndarray]:

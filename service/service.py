@@ -52,11 +52,12 @@ REFUSED = bentoml.metrics.Counter(
 )
 
 
-def load_models(settings: Settings) -> dict[str, Served]:
-    """Every model in the store, verified, opened on the providers `settings.device` asks for, and warmed."""
+def load_models(settings: Settings, graph: str) -> dict[str, Served]:
+    """Every model in the store, verified, its `graph` opened on the providers `settings.device` asks for, and
+    warmed. Each service opens only the graph it runs: an encoder is held once, by the encoder service."""
     store = ModelStore(settings.models, default=settings.default_model)
     providers = available_providers() if settings.device == "gpu" else [CPU]
-    models = {name: Served.of(store.load(name, providers=providers)) for name in store.names()}
+    models = {name: Served.of(store.load(name, providers, graphs=(graph,))) for name in store.names()}
     for served in models.values():
         served.warm()
     logger.info("serving %d model(s) on %s", len(models), ", ".join(providers))
@@ -73,7 +74,7 @@ class Encoder:
     """The image encoders of all served models behind one batchable method."""
 
     def __init__(self) -> None:
-        self.models = load_models(SETTINGS)
+        self.models = load_models(SETTINGS, "encoder")
 
     def __is_ready__(self) -> bool:
         return on_requested_device(self.models, SETTINGS)
@@ -108,7 +109,7 @@ class MedSAMix:
 
     def __init__(self) -> None:
         self.settings = SETTINGS
-        self.models = load_models(SETTINGS)
+        self.models = load_models(SETTINGS, "decoder")
         self.limits = Limits(max_pixels=SETTINGS.max_pixels, max_frames=SETTINGS.max_frames)
         self.segmenter = Segmenter(
             self.models,

@@ -29,7 +29,7 @@ from service.manifest import (
 )
 from service.runtime import create_session
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelInfo", "ModelStore", "StoreError"]
+__all__ = ["DEFAULT_MODEL", "GRAPHS", "LoadedModel", "ModelInfo", "ModelStore", "StoreError"]
 
 # The embedded demo model: served when a request names no model and no task routes it elsewhere.
 DEFAULT_MODEL = "demo"
@@ -45,15 +45,22 @@ class ModelInfo:
     default: bool
 
 
+GRAPHS = ("encoder", "decoder")
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """A verified model: its manifest, the manifest file's sha256, and one onnxruntime session per graph."""
+    """A verified model: its manifest, the manifest file's sha256, and an onnxruntime session per graph loaded
+    (None for a graph not asked for)."""
 
     name: str
     manifest: dict[str, Any]
     manifest_sha256: str
-    encoder: ort.InferenceSession
-    decoder: ort.InferenceSession
+    encoder: ort.InferenceSession | None
+    decoder: ort.InferenceSession | None
+
+    def sessions(self) -> list[ort.InferenceSession]:
+        return [s for s in (self.encoder, self.decoder) if s is not None]
 
 
 class ModelStore:
@@ -100,9 +107,19 @@ class ModelStore:
             infos.append(ModelInfo(name, manifest["version"], tuple(manifest["tasks"]), name == self.default))
         return infos
 
-    def load(self, name: str | None = None, providers: Sequence[str] | None = None) -> LoadedModel:
-        """Model `name` (default: the store's default) verified and opened on `providers` (default: TensorRT,
-        CUDA, CPU, whichever this onnxruntime offers)."""
+    def load(
+        self, name: str | None = None, providers: Sequence[str] | None = None, graphs: Sequence[str] = GRAPHS
+    ) -> LoadedModel:
+        """Model `name` (default: the store's default) verified and its `graphs` opened on `providers` (default:
+        TensorRT, CUDA, CPU, whichever this onnxruntime offers).
+
+        Every file's sha256 is checked whatever `graphs` says. The manifest's pinned fields are compared with the
+        encoder's metadata when the encoder is opened: a process that serves only decoders relies on the process
+        that opens the encoder (the service's encoder worker) for that check.
+        """
+        unknown = set(graphs) - set(GRAPHS)
+        if unknown or not graphs:
+            raise ValueError(f"graphs should name some of {', '.join(GRAPHS)}, found {list(graphs)}")
         if name is None:
             if self.default is None or self.default not in self.names():
                 raise StoreError(f"no model was named and the default '{self.default}' is not in {self.root}")
@@ -110,15 +127,11 @@ class ModelStore:
         manifest, digest = self.manifest(name)
         folder = self.root / name
         check_files(folder, manifest)
-        encoder = create_session(folder / ENCODER_FILE, providers)
-        embedded = encoder.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if embedded is None or json.loads(embedded) != json.loads(pinned(manifest)):
-            raise StoreError(
-                f"the manifest of model '{name}' disagrees with its encoder about the architecture, precision, "
-                "preprocessing or tasks; re-export it rather than editing the manifest"
-            )
-        decoder = create_session(folder / DECODER_FILE, providers)
-        for part, session in (("encoder", encoder), ("decoder", decoder)):
+        sessions = {}
+        for part, file in (("encoder", ENCODER_FILE), ("decoder", DECODER_FILE)):
+            if part not in graphs:
+                continue
+            session = sessions[part] = create_session(folder / file, providers)
             names = {side: [p["name"] for p in manifest["onnx"][part][side]] for side in ("inputs", "outputs")}
             actual = {
                 "inputs": [a.name for a in session.get_inputs()],
@@ -126,4 +139,11 @@ class ModelStore:
             }
             if names != actual:
                 raise StoreError(f"the manifest of model '{name}' lists {part} ports {names}, the graph has {actual}")
-        return LoadedModel(name, manifest, digest, encoder, decoder)
+        if "encoder" in sessions:
+            embedded = sessions["encoder"].get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+            if embedded is None or json.loads(embedded) != json.loads(pinned(manifest)):
+                raise StoreError(
+                    f"the manifest of model '{name}' disagrees with its encoder about the architecture, precision, "
+                    "preprocessing or tasks; re-export it rather than editing the manifest"
+                )
+        return LoadedModel(name, manifest, digest, sessions.get("encoder"), sessions.get("decoder"))

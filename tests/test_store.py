@@ -139,3 +139,21 @@ def test_unreadable_manifests_and_unknown_names_are_one_sentence(store: ModelSto
     with pytest.raises(StoreError, match="no model was named and the default 'demo' is not in"):
         ModelStore(tmp_path / "nowhere").load()
     assert ModelStore(tmp_path / "nowhere").models() == []
+
+
+def test_one_graph_can_be_opened_and_the_encoder_carries_the_pinned_check(store: ModelStore) -> None:
+    decoder_only = store.load("zoo_sam", providers=["CPUExecutionProvider"], graphs=("decoder",))
+    assert decoder_only.encoder is None and decoder_only.decoder is not None
+    assert store.load("zoo_sam", graphs=("encoder",)).decoder is None
+    path = store.root / "zoo_sam" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["preprocessing"]["normalization"] = "medsam"
+    path.write_text(json.dumps(manifest))
+    store.load("zoo_sam", graphs=("decoder",))  # the service's decoder process leaves this check to its encoder's
+    with pytest.raises(StoreError, match="disagrees with its encoder"):
+        store.load("zoo_sam", graphs=("encoder",))
+    (store.root / "zoo_sam" / "decoder.onnx").write_bytes(b"tampered")
+    with pytest.raises(StoreError, match="the sha256 of decoder.onnx differs"):
+        store.load("zoo_sam", graphs=("encoder",))  # every file is checked whichever graphs are opened
+    with pytest.raises(ValueError, match="graphs should name some of encoder, decoder"):
+        store.load("zoo_sam", graphs=("mask",))
