@@ -45,7 +45,8 @@ RUN python3.11 -m venv "$VIRTUAL_ENV" \
         "pylibjpeg-openjpeg>=2.3" \
         "python-gdcm>=3.0.10" \
         "pylibjpeg-rle>=2.0" \
-        "pyjpegls>=1.3"
+        "pyjpegls>=1.3" \
+        "dicomweb-client>=0.61"
 
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin medsamix
 

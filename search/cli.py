@@ -216,6 +216,37 @@ def cmd_export(args: argparse.Namespace) -> None:
     console.print(f"wrote {out} ({source.arch.name}, {'float16' if args.fp16 else 'float32'}, {source.normalization})")
 
 
+def cmd_segment(args: argparse.Namespace) -> None:
+    import json
+
+    from rich.progress import track
+
+    from search.batch import Client, load_prompts, segment
+
+    prompts = load_prompts(Path(args.prompts))
+    client = Client(args.server, args.token or os.environ.get("MEDSAMIX_TOKEN"), args.timeout)
+    options = {k: v for k, v in (("model", args.model), ("preset", args.preset)) if v is not None}
+    outcome = segment(
+        client,
+        args.dicomweb,
+        args.study,
+        args.series,
+        prompts,
+        options,
+        lambda work: track(work, description="segmenting", console=console),
+    )
+    if args.output:
+        Path(args.output).write_text(json.dumps({"answers": outcome.answers, "failures": outcome.failures}, indent=1))
+    segs = sum(len(answer["instances"]) for answer in outcome.answers)
+    console.print(f"stored {segs} SEG(s) for {len(outcome.answers)} instance(s); {len(outcome.failures)} failed")
+    if outcome.failures:
+        first = outcome.failures[0]
+        raise MedSAMixError(
+            f"{len(outcome.failures)} instance(s) were not segmented; the first answer was {first['status']}: "
+            f"{first['error']}"
+        )
+
+
 def _granularity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--granularity",
@@ -294,6 +325,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fp16", action="store_true", help="float16 weights, for GPU serving")
     export.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     export.set_defaults(run=cmd_export)
+
+    segment = commands.add_parser(
+        "segment", help="segment a PACS study through a running server (DICOMweb), storing one SEG per instance"
+    )
+    segment.add_argument("--dicomweb", required=True, metavar="URL", help="the PACS, as on the server's allow-list")
+    segment.add_argument("--study", required=True, metavar="UID", help="Study Instance UID")
+    segment.add_argument("--series", metavar="UID", help="Series Instance UID (default: every series of the study)")
+    segment.add_argument(
+        "--prompts", required=True, help="JSON: a list of prompts for every instance, or SOP Instance UID -> prompts"
+    )
+    segment.add_argument("--server", default="http://127.0.0.1:3000", help="the MedSAMix server")
+    segment.add_argument("--token", help="the server's bearer token (default: $MEDSAMIX_TOKEN)")
+    segment.add_argument("--model", help="serve every prompt with this model (else routing by task)")
+    segment.add_argument("--preset", help="force an intensity preset")
+    segment.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each instance")
+    segment.add_argument("-o", "--output", help="write every answer (SEG UIDs, masks) and failure to this JSON file")
+    segment.set_defaults(run=cmd_segment)
 
     zoo = commands.add_parser("zoo", help="train the tiny model zoo (base + CT and MR specialists) and its datasets")
     zoo.add_argument("-o", "--output", default="tests/zoo", help="output folder (default: tests/zoo)")

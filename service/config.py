@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from service.dicomweb import DicomwebConfig, load_config
+
 DEVICES = ("cpu", "gpu")
 
 
@@ -49,6 +51,14 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _dicomweb(name: str, raw: str) -> DicomwebConfig:
+    path = Path(_text(name, raw))
+    try:
+        return load_config(path)
+    except ValueError as error:
+        raise SettingsError(f"{name} should name a DICOMweb allow-list file: {error}") from None
+
+
 # field -> parser of its environment variable (MEDSAMIX_<FIELD>)
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "models": lambda name, raw: Path(_text(name, raw)),
@@ -63,6 +73,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "batching": _flag,
     "max_batch_size": _positive_int,
     "max_latency_ms": _positive_int,
+    "dicomweb": _dicomweb,
 }
 
 
@@ -75,6 +86,7 @@ class Settings:
     device: `gpu` makes /readyz fail unless the sessions run on a GPU provider. max_*: refuse larger requests
     (whole body bytes; rows x columns of one frame; frames per file; prompts per request) with 413. cache_mb: the
     embedding cache's size. batching, max_batch_size, max_latency_ms: the encoder's adaptive batching.
+    dicomweb: the PACS `POST /segment/dicomweb` may call (the file `MEDSAMIX_DICOMWEB` names; none when unset).
     """
 
     models: Path = Path("models")
@@ -89,6 +101,7 @@ class Settings:
     batching: bool = True
     max_batch_size: int = 8
     max_latency_ms: int = 100
+    dicomweb: DicomwebConfig | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

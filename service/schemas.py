@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from typing_extensions import TypedDict
 
 
@@ -55,6 +55,58 @@ class ModelRef(BaseModel):
 class SegmentResponse(BaseModel):
     results: list[PromptResult]
     models: dict[str, ModelRef]
+
+
+Uid = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)]
+
+
+class DicomwebStudy(BaseModel):
+    """A study, or one of its series, on an allowed PACS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dicomweb: str = Field(description="the PACS's DICOMweb base URL, on the server's allow-list (MEDSAMIX_DICOMWEB)")
+    study: Uid = Field(description="Study Instance UID")
+    series: Uid | None = Field(None, description="Series Instance UID; omit for every series of the study")
+
+
+class DicomwebRequest(DicomwebStudy):
+    """Segment instances of a series on a PACS and store one DICOM SEG per instance back into it.
+
+    `prompts` as a list applies to `instance` (or, without it, to every instance of the series); as a mapping
+    SOP Instance UID -> prompts it names the instances itself (then `instance` is not given)."""
+
+    series: Uid = Field(description="Series Instance UID")
+    instance: Uid | None = Field(None, description="SOP Instance UID; omit to segment the whole series")
+    prompts: list[Prompt] | dict[Uid, list[Prompt]]
+    model: str | None = Field(None, description="serve every prompt with this model (else routing by task)")
+    preset: str | None = Field(None, description="force an intensity preset")
+
+
+class StoredSeg(BaseModel):
+    """The DICOM SEG the service stored into the PACS (STOW-RS)."""
+
+    study: str = Field(description="Study Instance UID (the source's)")
+    series: str = Field(description="Series Instance UID (new, one per SEG)")
+    instance: str = Field(description="SOP Instance UID")
+
+
+class InstanceResult(BaseModel):
+    source: str = Field(description="the segmented image's SOP Instance UID")
+    seg: StoredSeg
+    results: list[PromptResult]
+
+
+class DicomwebResponse(BaseModel):
+    instances: list[InstanceResult]
+    models: dict[str, ModelRef]
+
+
+class InstanceRef(BaseModel):
+    """An instance `POST /segment/dicomweb/instances` found: its Series and SOP Instance UIDs."""
+
+    series: str
+    instance: str
 
 
 class ModelCard(BaseModel):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from io import BytesIO
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import bentoml
+import pydicom
 from _bentoml_impl.serde import ALL_SERDE, MultipartSerde
 from bentoml.exceptions import BadInput
 from bentoml.validators import ContentType
@@ -25,11 +27,26 @@ from starlette.responses import JSONResponse, Response
 from service.cache import EmbeddingCache
 from service.config import Settings
 from service.dicom import DicomImage, Limits, read_dicom
+from service.dicomweb import Pacs
 from service.errors import RequestError
 from service.http import DocumentedErrors, Guard, OneSentence
 from service.masks import encode_rle
 from service.runtime import available_providers
-from service.schemas import EncodeJob, ModelCard, ModelRef, Prompt, PromptResult, Rle, SegmentResponse
+from service.schemas import (
+    DicomwebRequest,
+    DicomwebResponse,
+    DicomwebStudy,
+    EncodeJob,
+    InstanceRef,
+    InstanceResult,
+    ModelCard,
+    ModelRef,
+    Prompt,
+    PromptResult,
+    Rle,
+    SegmentResponse,
+    StoredSeg,
+)
 from service.seg import Algorithm, SegmentMask, build_seg
 from service.segmenter import Segmentation, Segmenter, Served, encode_jobs
 from service.store import ModelStore
@@ -103,7 +120,8 @@ SegFile = Annotated[Path, ContentType("application/dicom")]
 @bentoml.asgi_app(models_app, path="/")
 @bentoml.service(name="medsamix", workers=1, traffic={"timeout": 300})
 class MedSAMix:
-    """POST /segment, POST /segment/seg, GET /models; /livez, /readyz, /metrics come with BentoML."""
+    """POST /segment, POST /segment/seg, POST /segment/dicomweb, GET /models; /livez, /readyz, /metrics come with
+    BentoML."""
 
     encoder = bentoml.depends(Encoder)
 
@@ -165,10 +183,81 @@ class MedSAMix:
         All prompts of one request must be answered by one model (the SEG names it as its algorithm)."""
         return _answer(lambda: self._seg_response(*self._run(file, prompts, model, preset)))
 
+    @bentoml.api(route="/segment/dicomweb")
+    def segment_dicomweb(self, request: DicomwebRequest, /) -> DicomwebResponse:
+        """Retrieve instances from an allowed PACS (WADO-RS), segment them, store one DICOM SEG per instance back
+        (one STOW-RS request, after every instance was segmented) and answer with the SEGs' UIDs and the masks.
+
+        The PACS is named by its DICOMweb URL and must be on the server's allow-list (else 403); its credentials
+        come from the server's configuration. A PACS that cannot be reached or answers an error: 502; that does not
+        answer in time: 504; that has no such instance: 404."""
+        return _answer(lambda: self._segment_dicomweb(request))
+
+    @bentoml.api(route="/segment/dicomweb/instances")
+    def dicomweb_instances(self, request: DicomwebStudy, /) -> list[InstanceRef]:
+        """The instances of a study (or of one of its series) on an allowed PACS (QIDO-RS): what a batch client
+        iterates over, one `/segment/dicomweb` call per instance."""
+        return _answer(
+            lambda: [
+                InstanceRef(series=series, instance=instance)
+                for series, instance in self._pacs(request).instances(request.study, request.series)
+            ]
+        )
+
+    def _pacs(self, request: DicomwebStudy) -> Pacs:
+        if self.settings.dicomweb is None:
+            raise RequestError(
+                "expected a DICOMweb allow-list on this server to call a PACS, found none (MEDSAMIX_DICOMWEB is unset)",
+                403,
+            )
+        return self.settings.dicomweb.find(request.dicomweb)
+
+    def _segment_dicomweb(self, request: DicomwebRequest) -> DicomwebResponse:
+        pacs = self._pacs(request)
+        work = self._dicomweb_work(request, pacs)
+        count = sum(len(prompts) for _, prompts in work)
+        if count > self.settings.max_prompts:
+            raise RequestError(
+                f"the request asks for {count} prompts over {len(work)} instance(s); this server takes at most "
+                f"{self.settings.max_prompts} per request",
+                413,
+            )
+        segs, instances = [], []
+        for uid, prompts in work:
+            data = pacs.retrieve(request.study, request.series, uid)
+            image, result = self._run_data(data, prompts, request.model, request.preset)
+            seg = pydicom.dcmread(BytesIO(self._seg_bytes(image, result)))
+            segs.append(seg)
+            stored = StoredSeg(study=seg.StudyInstanceUID, series=seg.SeriesInstanceUID, instance=seg.SOPInstanceUID)
+            instances.append(InstanceResult(source=uid, seg=stored, results=self._prompt_results(result)))
+        pacs.store(segs)
+        logger.info("stored %d SEG(s) into PACS '%s'", len(segs), pacs.name)
+        names = {r.model for i in instances for r in i.results}
+        return DicomwebResponse(instances=instances, models=self._refs(names))
+
+    def _dicomweb_work(self, request: DicomwebRequest, pacs: Pacs) -> list[tuple[str, list[Prompt]]]:
+        """(SOP Instance UID, its prompts) for each instance the request names, or for the whole series."""
+        if isinstance(request.prompts, dict):
+            if request.instance is not None or not request.prompts:
+                raise RequestError(
+                    "expected prompts as a non-empty mapping SOP Instance UID -> prompts without 'instance', or as a "
+                    "list with or without 'instance', found "
+                    + ("a mapping and 'instance'" if request.prompts else "an empty mapping")
+                )
+            return list(request.prompts.items())
+        if request.instance is not None:
+            return [(request.instance, request.prompts)]
+        return [(uid, request.prompts) for _, uid in pacs.instances(request.study, request.series)]
+
     def _run(
         self, file: Path, prompts: list[Prompt], model: str | None, preset: str | None
     ) -> tuple[DicomImage, Segmentation]:
-        image = read_dicom(Path(file).read_bytes(), self.limits)
+        return self._run_data(Path(file).read_bytes(), prompts, model, preset)
+
+    def _run_data(
+        self, data: bytes, prompts: list[Prompt], model: str | None, preset: str | None
+    ) -> tuple[DicomImage, Segmentation]:
+        image = read_dicom(data, self.limits)
         result = self.segmenter.segment(image, prompts, model, preset)
         EMBEDDINGS.labels(source="encoder").inc(result.encoded)
         EMBEDDINGS.labels(source="cache").inc(result.cached)
@@ -183,7 +272,12 @@ class MedSAMix:
         }
 
     def _segment_response(self, result: Segmentation) -> SegmentResponse:
-        results = [
+        return SegmentResponse(
+            results=self._prompt_results(result), models=self._refs({r.model for r in result.results})
+        )
+
+    def _prompt_results(self, result: Segmentation) -> list[PromptResult]:
+        return [
             PromptResult(
                 label=r.label,
                 frame=r.frame,
@@ -195,21 +289,23 @@ class MedSAMix:
             )
             for r in result.results
         ]
-        return SegmentResponse(results=results, models=self._refs({r.model for r in result.results}))
 
     def _seg_response(self, image: DicomImage, result: Segmentation) -> Response:
+        disposition = {"content-disposition": "attachment; filename=seg.dcm"}
+        return Response(self._seg_bytes(image, result), media_type="application/dicom", headers=disposition)
+
+    def _seg_bytes(self, image: DicomImage, result: Segmentation) -> bytes:
+        """The DICOM SEG of `result` on `image`, named after the one model that answered every prompt."""
         names = sorted({r.model for r in result.results})
         if len(names) > 1:
             raise RequestError(
-                f"the prompts of one /segment/seg request must be answered by one model, these were routed to "
+                f"the prompts of one SEG must be answered by one model, these were routed to "
                 f"{', '.join(names)}; send one request per model or name the model"
             )
         served = self.models[names[0]]
         algorithm = Algorithm(served.name, served.version, served.model.manifest_sha256)
         masks = [SegmentMask(r.label, r.frame, r.mask) for r in result.results]
-        data = build_seg(image.dataset, masks, algorithm, frames=image.frames)
-        disposition = {"content-disposition": "attachment; filename=seg.dcm"}
-        return Response(data, media_type="application/dicom", headers=disposition)
+        return build_seg(image.dataset, masks, algorithm, frames=image.frames)
 
 
 class UploadsOnly(MultipartSerde):
@@ -226,9 +322,17 @@ class UploadsOnly(MultipartSerde):
 for _media_type, _serde in list(ALL_SERDE.items()):
     if _serde is MultipartSerde:  # multipart and url-encoded forms
         ALL_SERDE[_media_type] = UploadsOnly  # type: ignore[index]
+
 # The refusals each route can answer (all `{"error": sentence}`), published in /docs.json.
 SEGMENT_ERRORS = (400, 401, 404, 413, 415, 422)
-ERRORS = {"/segment": SEGMENT_ERRORS, "/segment/seg": SEGMENT_ERRORS, "/models": (401,)}
+PACS_ERRORS = (400, 401, 403, 404, 502, 504)
+ERRORS = {
+    "/segment": SEGMENT_ERRORS,
+    "/segment/seg": SEGMENT_ERRORS,
+    "/segment/dicomweb": tuple(sorted({*SEGMENT_ERRORS, *PACS_ERRORS})),
+    "/segment/dicomweb/instances": PACS_ERRORS,
+    "/models": (401,),
+}
 # In order from the outside in: the Guard refuses before anything reads a body; its answers are already in shape.
 MedSAMix.add_asgi_middleware(Guard, token=SETTINGS.token, max_bytes=SETTINGS.max_request_bytes)
 MedSAMix.add_asgi_middleware(OneSentence)

@@ -320,6 +320,8 @@ def test_openapi_publishes_the_refusals_and_the_bearer_scheme(server: LocalServe
     assert segment["responses"]["415"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"
     }
+    dicomweb = spec["paths"]["/segment/dicomweb"]["post"]["responses"]
+    assert {"403", "502", "504"} <= set(dicomweb)
     assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
     assert segment["security"] == [{"bearer": []}] and "security" not in spec["paths"]["/livez"]["get"]
 

@@ -1,0 +1,354 @@
+"""PACS integration against a real Orthanc (Debian's `orthanc` + `orthanc-dicomweb`): retrieve -> segment -> store.
+
+One Orthanc (own config, loopback port, basic auth, storage in tmp) and one `bentoml serve` per module. The server's
+allow-list names that Orthanc with the right credentials, the same Orthanc under another host name with wrong ones,
+a port nobody listens on, and a socket that accepts connections but never answers. SEGs are read back from Orthanc's
+REST API and compared with what `POST /segment` answers for the same image and boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import highdicom
+import httpx
+import numpy as np
+import pytest
+
+from search.cli import main as cli
+from service.local import LocalServer, free_port, serve
+from service.masks import decode_rle
+from tests import dicomfiles as files
+
+REPO = Path(__file__).resolve().parent.parent
+ORTHANC = Path("/usr/sbin/Orthanc")
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+INSTALL = "apt-get install -y --no-install-recommends orthanc orthanc-dicomweb"
+TOKEN = "server-token-5c1d"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PACS_USER, PACS_PASSWORD, WRONG_PASSWORD = "medsamix", "pacs-password-91ab", "wrong-password-3e7f"
+SLOW_TIMEOUT = 1.5
+SECRETS = (
+    files.PATIENT_NAME,
+    files.PATIENT_ID,
+    files.STUDY_DESCRIPTION,
+    files.ACCESSION_NUMBER,
+    PACS_PASSWORD,
+    WRONG_PASSWORD,
+)
+BOX = [8, 6, 60, 50]
+
+
+class Orthanc:
+    """A running Orthanc: its DICOMweb root and a REST client with its credentials."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.dicomweb = f"{self.url}/dicom-web"
+        self.rest = httpx.Client(base_url=self.url, auth=(PACS_USER, PACS_PASSWORD), timeout=30)
+
+    def upload(self, data: bytes) -> None:
+        self.rest.post("/instances", content=data).raise_for_status()
+
+    def file(self, sop_instance_uid: str) -> bytes:
+        """The stored Part 10 file of an instance, found by its UID through /tools/lookup."""
+        found = self.rest.post("/tools/lookup", content=sop_instance_uid).json()
+        (orthanc_id,) = [f["ID"] for f in found if f["Type"] == "Instance"]
+        return self.rest.get(f"/instances/{orthanc_id}/file").content
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    if not (ORTHANC.is_file() and PLUGIN.exists()):
+        pytest.fail(f"Orthanc and its DICOMweb plugin are not installed; run: {INSTALL}")
+    root = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    config = {
+        "Name": "medsamix-tests",
+        "HttpPort": port,
+        "DicomServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {PACS_USER: PACS_PASSWORD},
+        "StorageDirectory": str(root / "storage"),
+        "IndexDirectory": str(root / "index"),
+        "Plugins": [str(PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    (root / "orthanc.json").write_text(json.dumps(config))
+    with open(root / "orthanc.log", "wb") as log:
+        process = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    running = Orthanc(port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if running.rest.get("/system").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not start; see {root / 'orthanc.log'}")
+            time.sleep(0.1)
+        yield running
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def silent() -> Iterator[socket.socket]:
+    """A socket that accepts connections (the kernel's backlog) and never answers: a PACS that hangs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s
+
+
+@pytest.fixture(scope="module")
+def outsider() -> Iterator[socket.socket]:
+    """A listening socket on no allow-list: a request naming it must never connect."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        s.setblocking(False)
+        yield s
+
+
+def url_of(s: socket.socket) -> str:
+    return f"http://127.0.0.1:{s.getsockname()[1]}/dicom-web"
+
+
+@pytest.fixture(scope="module")
+def pacs_urls(orthanc: Orthanc, silent: socket.socket) -> dict[str, str]:
+    port = orthanc.url.rsplit(":", 1)[1]
+    return {
+        "orthanc": orthanc.dicomweb,
+        "wrong": f"http://localhost:{port}/dicom-web",  # the same Orthanc, other credentials
+        "down": f"http://127.0.0.1:{free_port()}/dicom-web",
+        "slow": url_of(silent),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(pacs_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    root = tmp_path_factory.mktemp("dicomweb-server")
+    shutil.copytree(REPO / "models" / "demo", root / "models" / "demo")
+    credentials = {"username": PACS_USER, "password": PACS_PASSWORD}
+    allow = {
+        "pacs": {
+            "orthanc": {"url": pacs_urls["orthanc"] + "/", **credentials, "timeout": 20},
+            "wrong": {"url": pacs_urls["wrong"], "username": PACS_USER, "password": WRONG_PASSWORD},
+            "down": {"url": pacs_urls["down"], **credentials, "timeout": 5},
+            "slow": {"url": pacs_urls["slow"], **credentials, "timeout": SLOW_TIMEOUT},
+        }
+    }
+    (root / "dicomweb.yaml").write_text(json.dumps(allow))
+    env = {
+        "MEDSAMIX_MODELS": str(root / "models"),
+        "MEDSAMIX_TOKEN": TOKEN,
+        "MEDSAMIX_DICOMWEB": str(root / "dicomweb.yaml"),
+        "MEDSAMIX_MAX_PROMPTS": "8",
+        "MEDSAMIX_MAX_LATENCY_MS": "20",
+    }
+    with serve(env, root / "serve.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def study(orthanc: Orthanc) -> dict[str, list[bytes]]:
+    """What the PACS holds: a series of three CT slices and a one-instance series of an enhanced multi-frame CT."""
+    series = files.uid("dicomweb series")
+    slices = [
+        files.ct_image(files.ct_hu(64, 80, 40 + i), series_instance_uid=series, instance_number=i + 1, z=-2.5 * i)
+        for i in range(3)
+    ]
+    multi = files.multiframe(np.stack([files.ct_hu(64, 80, 50 + i) for i in range(3)]))
+    for data in [*slices, multi]:
+        orthanc.upload(data)
+    return {"slices": slices, "multi": [multi]}
+
+
+def uids(data: bytes) -> tuple[str, str, str]:
+    ds = files.read(data)
+    return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+
+def dicomweb(server: LocalServer, body: dict, path: str = "/segment/dicomweb") -> httpx.Response:
+    return httpx.post(server.url + path, json=body, headers=AUTH, timeout=60)
+
+
+def direct_masks(server: LocalServer, data: bytes, prompts: list[dict]) -> list[np.ndarray]:
+    """What `POST /segment` answers for the same image and prompts."""
+    upload = {"file": ("image.dcm", data, "application/dicom")}
+    response = httpx.post(
+        server.url + "/segment", files=upload, data={"prompts": json.dumps(prompts)}, headers=AUTH, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    return [decode_rle(r["mask"]) for r in response.json()["results"]]
+
+
+def check_stored_seg(orthanc: Orthanc, server: LocalServer, answer: dict, source: bytes, prompts: list[dict]) -> None:
+    """The SEG the answer names is in Orthanc, references `source`, and holds `POST /segment`'s masks."""
+    study_uid, _, sop_uid = uids(source)
+    assert answer["source"] == sop_uid and answer["seg"]["study"] == study_uid
+    seg = highdicom.seg.segread(BytesIO(orthanc.file(answer["seg"]["instance"])))
+    assert (seg.SOPInstanceUID, seg.SeriesInstanceUID) == (answer["seg"]["instance"], answer["seg"]["series"])
+    assert seg.StudyInstanceUID == study_uid
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == sop_uid
+    expected = direct_masks(server, source, prompts)
+    returned = [decode_rle(r["mask"]) for r in answer["results"]]
+    labels = list(dict.fromkeys(p["label"] for p in prompts))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == labels
+    frames = int(files.read(source).get("NumberOfFrames", 1))
+    for prompt, mask, got in zip(prompts, expected, returned, strict=True):
+        np.testing.assert_array_equal(got, mask)
+        if frames == 1:
+            pixels = seg.get_pixels_by_source_instance([sop_uid], ignore_spatial_locations=True)[0]
+        else:
+            pixels = seg.get_pixels_by_source_frame(sop_uid, [prompt["frame"] + 1], ignore_spatial_locations=True)[0]
+        np.testing.assert_array_equal(pixels[..., labels.index(prompt["label"])].astype(bool), mask)
+
+
+def test_one_instance_is_retrieved_segmented_and_its_seg_stored(server, orthanc, study, pacs_urls) -> None:
+    source = study["slices"][0]
+    study_uid, series_uid, sop_uid = uids(source)
+    prompts = [{"box": BOX, "label": "liver"}, {"box": [20, 10, 70, 60], "label": "kidney"}]
+    body = {"dicomweb": pacs_urls["orthanc"], "study": study_uid, "series": series_uid, "instance": sop_uid}
+    response = dicomweb(server, {**body, "prompts": prompts})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert list(answer["models"]) == ["demo"] and len(answer["instances"]) == 1
+    check_stored_seg(orthanc, server, answer["instances"][0], source, prompts)
+
+
+def test_a_whole_series_and_a_mapping_of_instances(server, orthanc, study, pacs_urls) -> None:
+    study_uid, series_uid, _ = uids(study["slices"][0])
+    base = {"dicomweb": pacs_urls["orthanc"], "study": study_uid, "series": series_uid}
+    prompts = [{"box": BOX, "label": "organ"}]
+    answer = dicomweb(server, {**base, "prompts": prompts}).json()
+    by_source = {a["source"]: a for a in answer["instances"]}
+    assert set(by_source) == {uids(s)[2] for s in study["slices"]}
+    assert len({a["seg"]["series"] for a in answer["instances"]}) == 3  # one SEG (series) per source instance
+    for source in study["slices"]:
+        check_stored_seg(orthanc, server, by_source[uids(source)[2]], source, prompts)
+
+    chosen = {uids(s)[2]: [{"box": [4 + 4 * i, 4, 60, 50], "label": "lesion"}] for i, s in enumerate(study["slices"])}
+    del chosen[uids(study["slices"][1])[2]]
+    answer = dicomweb(server, {**base, "prompts": chosen}).json()
+    assert [a["source"] for a in answer["instances"]] == list(chosen)
+    for source in (study["slices"][0], study["slices"][2]):
+        check_stored_seg(
+            orthanc, server, answer["instances"][list(chosen).index(uids(source)[2])], source, chosen[uids(source)[2]]
+        )
+
+
+def test_a_multiframe_instance_maps_the_frames(server, orthanc, study, pacs_urls) -> None:
+    source = study["multi"][0]
+    study_uid, series_uid, sop_uid = uids(source)
+    prompts = [{"box": BOX, "frame": 1, "label": "lesion"}, {"box": [10, 10, 50, 40], "frame": 2, "label": "cyst"}]
+    body = {"dicomweb": pacs_urls["orthanc"], "study": study_uid, "series": series_uid, "instance": sop_uid}
+    response = dicomweb(server, {**body, "prompts": prompts})
+    assert response.status_code == 200, response.text
+    check_stored_seg(orthanc, server, response.json()["instances"][0], source, prompts)
+
+
+def test_the_study_lists_its_instances(server, study, pacs_urls) -> None:
+    study_uid = uids(study["slices"][0])[0]
+    response = dicomweb(server, {"dicomweb": pacs_urls["orthanc"], "study": study_uid}, "/segment/dicomweb/instances")
+    assert response.status_code == 200, response.text
+    listed = {(r["series"], r["instance"]) for r in response.json()}
+    assert {uids(s)[1:] for s in [*study["slices"], *study["multi"]]} <= listed
+
+
+def test_the_cli_segments_a_series_through_the_server(server, orthanc, study, pacs_urls, tmp_path) -> None:
+    study_uid, series_uid, _ = uids(study["slices"][0])
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"box": BOX, "label": "organ"}]))
+    out = tmp_path / "answers.json"
+    args = ["segment", "--dicomweb", pacs_urls["orthanc"], "--study", study_uid, "--series", series_uid]
+    args += ["--prompts", str(prompts), "--server", server.url, "--token", TOKEN, "-o", str(out)]
+    assert cli(args) == 0
+    written = json.loads(out.read_text())
+    assert not written["failures"] and len(written["answers"]) == 3
+    assert {a["instances"][0]["source"] for a in written["answers"]} == {uids(s)[2] for s in study["slices"]}
+    for answer in written["answers"]:
+        assert orthanc.file(answer["instances"][0]["seg"]["instance"]).startswith(bytes(128) + b"DICM")  # stored
+    assert cli([*args[:-2], "--token", "wrong"]) == 2  # a refused token stops the batch
+
+
+def _refusals(pacs: dict[str, str]) -> list[tuple[str, dict, int, str]]:
+    return [
+        ("wrong credentials", {"dicomweb": pacs["wrong"]}, 502, "HTTP 401"),
+        ("orthanc down", {"dicomweb": pacs["down"]}, 502, "could not be reached"),
+        ("slow pacs", {"dicomweb": pacs["slow"]}, 504, f"within {SLOW_TIMEOUT:g} s"),
+        ("no such instance", {"instance": files.uid("nothing")}, 404, "404"),
+        ("malformed uid", {"instance": "1.2.x"}, 400, "instance"),
+        ("mapping and instance", {"prompts": {files.uid("nothing"): [{"box": BOX}]}}, 400, "mapping"),
+        ("too many prompts", {"prompts": [{"box": BOX}] * 9}, 413, "at most 8"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7), ids=[r[0] for r in _refusals(dict.fromkeys(("wrong", "down", "slow")))])
+def test_pacs_failures_are_one_sentence(server, study, pacs_urls, case: int) -> None:
+    what, change, status, phrase = _refusals(pacs_urls)[case]
+    study_uid, series_uid, sop_uid = uids(study["slices"][0])
+    body = {"dicomweb": pacs_urls["orthanc"], "study": study_uid, "series": series_uid, "instance": sop_uid}
+    body = {**body, "prompts": [{"box": BOX}], **change}
+    started = time.monotonic()
+    response = dicomweb(server, body)
+    assert response.status_code == status, response.text
+    message = response.json()["error"]
+    assert phrase in message and "\n" not in message, message
+    assert not any(s in message for s in (*SECRETS, study_uid, series_uid, sop_uid)), message
+    if what == "slow pacs":
+        assert time.monotonic() - started < SLOW_TIMEOUT + 5
+
+
+def test_a_url_off_the_allow_list_is_refused_and_never_contacted(server, study, outsider, pacs_urls) -> None:
+    study_uid, series_uid, sop_uid = uids(study["slices"][0])
+    for url in (url_of(outsider), "http://example.org/dicom-web", pacs_urls["orthanc"] + "/../other"):
+        body = {"dicomweb": url, "study": study_uid, "series": series_uid, "instance": sop_uid}
+        response = dicomweb(server, {**body, "prompts": [{"box": BOX}]})
+        assert response.status_code == 403, response.text
+        assert "allow-list" in response.json()["error"]
+    with pytest.raises(BlockingIOError):
+        outsider.accept()  # nobody connected
+
+
+def test_openapi_describes_the_dicomweb_call(server) -> None:
+    spec = httpx.get(server.url + "/docs.json", headers=AUTH, timeout=10).json()
+    post = spec["paths"]["/segment/dicomweb"]["post"]
+    request = post["requestBody"]["content"]["application/json"]["schema"]
+    assert {"dicomweb", "study", "series", "instance", "prompts", "model", "preset"} == set(request["properties"])
+    assert set(request["required"]) == {"dicomweb", "study", "series", "prompts"}
+    answer = post["responses"]["200"]["content"]["application/json"]["schema"]
+    assert set(answer["properties"]) == {"instances", "models"} and "StoredSeg" in spec["components"]["schemas"]
+    assert "/segment/dicomweb/instances" in spec["paths"]
+
+
+def test_no_credentials_or_patient_data_in_the_server_log(server) -> None:
+    log = server.log.read_text(errors="replace")
+    assert "/segment/dicomweb" in log
+    assert not [s for s in SECRETS if s in log]
+
+
+def test_a_bad_allow_list_stops_the_server_naming_fields_not_secrets(tmp_path) -> None:
+    from service.config import Settings, SettingsError
+
+    path = tmp_path / "dicomweb.yaml"
+    path.write_text(json.dumps({"pacs": {"a": {"url": "ftp://x", "username": "u", "password": PACS_PASSWORD}}}))
+    with pytest.raises(SettingsError, match=r"MEDSAMIX_DICOMWEB .*pacs\.a\.url") as error:
+        Settings.from_env({"MEDSAMIX_DICOMWEB": str(path)})
+    assert PACS_PASSWORD not in str(error.value)
+    path.write_text(json.dumps({"pacs": {"a": {"url": "http://x", "token": PACS_PASSWORD, "username": "u"}}}))
+    with pytest.raises(SettingsError, match="both") as error:
+        Settings.from_env({"MEDSAMIX_DICOMWEB": str(path)})
+    assert PACS_PASSWORD not in str(error.value)
