@@ -179,7 +179,9 @@ def test_more_boxes_on_a_seen_image_cost_only_the_decoder(server: LocalServer, s
     assert counter(server, "encoder") == encoded + 2
 
 
-def test_concurrent_requests_are_batched_and_answered_correctly(server: LocalServer, store: Path) -> None:
+def test_concurrent_requests_through_the_batching_encoder_are_answered_correctly(
+    server: LocalServer, store: Path
+) -> None:
     images = [files.ct_image(files.ct_hu(48, 48, seed)) for seed in range(100, 106)]
     box = [4, 4, 40, 44]
     with ThreadPoolExecutor(6) as pool:
