@@ -34,7 +34,7 @@ from pydicom.uid import UID, AllTransferSyntaxes
 from service.errors import RequestError
 from service.imaging import ImagingError, Window, to_uint8
 
-__all__ = ["DicomImage", "Limits", "default_preset", "read_dicom"]
+__all__ = ["DicomImage", "Limits", "default_preset", "part10", "read_dicom"]
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Colour interpretations that pydicom (YBR_FULL, YBR_FULL_422) or the JPEG 2000 codec (YBR_ICT, YBR_RCT) decode to RGB.
@@ -241,6 +241,14 @@ def read_dicom(data: bytes, limits: Limits = Limits()) -> DicomImage:
                 f"{rows}x{columns}x{samples} at {bits} bits, found {found}"
             )
     return DicomImage(ds, decoder, rows=rows, columns=columns, frames=frames, samples=samples)
+
+
+def part10(dataset: Dataset) -> bytes:
+    """`dataset` as a DICOM Part 10 file (preamble, 'DICM', file meta) in the transfer syntax its file meta names:
+    how the service writes a SEG answer and a retrieved instance alike."""
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def _identity(ds: Dataset) -> str:

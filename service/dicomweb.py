@@ -16,7 +16,6 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
@@ -25,6 +24,7 @@ import yaml
 from dicomweb_client.api import DICOMwebClient
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from service.dicom import part10
 from service.errors import RequestError
 
 __all__ = ["DicomwebConfig", "Pacs", "PacsConfig", "load_config", "normalize_url"]
@@ -126,7 +126,7 @@ class Pacs:
         """One instance (WADO-RS, in the transfer syntax the PACS stores it in) as a DICOM Part 10 file."""
         with self._call("retrieve an instance"):
             dataset = self.client.retrieve_instance(study, series, instance, media_types=(("application/dicom", "*"),))
-        return _part10(dataset)
+        return part10(dataset)
 
     def store(self, datasets: list[pydicom.Dataset]) -> None:
         """STOW-RS the instances in one request; a PACS that answers but lists one as failed is a 502 too."""
@@ -174,10 +174,3 @@ def _value(item: dict, tag: str) -> object:
     """The first value of `tag` in a DICOM JSON item, or None."""
     values = item.get(tag, {}).get("Value") or [None]
     return values[0]
-
-
-def _part10(dataset: pydicom.Dataset) -> bytes:
-    """A retrieved dataset written back as a Part 10 file, so it goes through `read_dicom`'s checks like an upload."""
-    buffer = BytesIO()
-    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()

@@ -12,7 +12,6 @@ highdicom can reference, and are refused with a 422.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -56,8 +55,11 @@ class Algorithm:
     manifest_sha256: str
 
 
-def build_seg(source: pydicom.Dataset, masks: Sequence[SegmentMask], algorithm: Algorithm, *, frames: int) -> bytes:
-    """A DICOM SEG Part-10 file (explicit VR little endian) for `masks` drawn on `source` (`frames` frames)."""
+def build_seg(
+    source: pydicom.Dataset, masks: Sequence[SegmentMask], algorithm: Algorithm, *, frames: int
+) -> hd.seg.Segmentation:
+    """A DICOM SEG (explicit VR little endian) for `masks` drawn on `source` (`frames` frames); `service.dicom.part10`
+    writes it as a file, STOW-RS stores it as it is."""
     if not masks:
         raise RequestError("expected at least one mask to write into a DICOM SEG, found none")
     source_frames = int(source.get("NumberOfFrames") or 1)
@@ -118,9 +120,7 @@ def build_seg(source: pydicom.Dataset, masks: Sequence[SegmentMask], algorithm: 
         if "FrameOfReferenceUID" in source:
             raise
         raise _lacks("FrameOfReferenceUID") from error
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, seg, enforce_file_format=True)
-    return buffer.getvalue()
+    return seg
 
 
 def _is_enhanced(source: pydicom.Dataset) -> bool:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import bentoml
-import pydicom
+import highdicom
 from _bentoml_impl.serde import ALL_SERDE, MultipartSerde
 from bentoml.exceptions import BadInput
 from bentoml.validators import ContentType
@@ -26,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.cache import EmbeddingCache
 from service.config import Settings
-from service.dicom import DicomImage, Limits, read_dicom
+from service.dicom import DicomImage, Limits, part10, read_dicom
 from service.dicomweb import Pacs
 from service.errors import RequestError
 from service.http import DocumentedErrors, Guard, OneSentence
@@ -65,7 +64,9 @@ PROMPTS = bentoml.metrics.Counter(
     name="medsamix_prompts_total", documentation="Prompts segmented, by model.", labelnames=["model"]
 )
 REFUSED = bentoml.metrics.Counter(
-    name="medsamix_refused_total", documentation="Requests refused with a 4xx answer, by status.", labelnames=["status"]
+    name="medsamix_refused_total",
+    documentation="Requests the service refused (4xx) or a PACS failed (502/504), by status.",
+    labelnames=["status"],
 )
 
 
@@ -226,7 +227,7 @@ class MedSAMix:
         for uid, prompts in work:
             data = pacs.retrieve(request.study, request.series, uid)
             image, result = self._run_data(data, prompts, request.model, request.preset)
-            seg = pydicom.dcmread(BytesIO(self._seg_bytes(image, result)))
+            seg = self._segmentation(image, result)
             segs.append(seg)
             stored = StoredSeg(study=seg.StudyInstanceUID, series=seg.SeriesInstanceUID, instance=seg.SOPInstanceUID)
             instances.append(InstanceResult(source=uid, seg=stored, results=self._prompt_results(result)))
@@ -292,9 +293,9 @@ class MedSAMix:
 
     def _seg_response(self, image: DicomImage, result: Segmentation) -> Response:
         disposition = {"content-disposition": "attachment; filename=seg.dcm"}
-        return Response(self._seg_bytes(image, result), media_type="application/dicom", headers=disposition)
+        return Response(part10(self._segmentation(image, result)), media_type="application/dicom", headers=disposition)
 
-    def _seg_bytes(self, image: DicomImage, result: Segmentation) -> bytes:
+    def _segmentation(self, image: DicomImage, result: Segmentation) -> highdicom.seg.Segmentation:
         """The DICOM SEG of `result` on `image`, named after the one model that answered every prompt."""
         names = sorted({r.model for r in result.results})
         if len(names) > 1:

@@ -31,6 +31,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from service.dicom import part10 as to_bytes  # the service's own Part 10 writer
+
 PATIENT_NAME = "Doe^Jane^Secret"
 PATIENT_ID = "PID-7f3a9c"
 STUDY_DESCRIPTION = "Confidential abdomen study"
@@ -46,13 +48,6 @@ UNDECODABLE_SYNTAX = MPEG2MPML
 def uid(*parts: object) -> UID:
     """A deterministic UID from `parts` (bytes or anything with a str)."""
     return generate_uid(entropy_srcs=[p.hex() if isinstance(p, bytes) else str(p) for p in parts])
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    """`ds` as a DICOM Part 10 file (preamble, 'DICM', file meta), in the syntax its file meta names."""
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def read(data: bytes) -> Dataset:

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from service.dicom import part10
 from service.errors import RequestError
 from service.seg import Algorithm, SegmentMask, build_seg
 
@@ -51,17 +52,12 @@ def enhanced_ct() -> pydicom.Dataset:
         ds.PixelData = (base.pixel_array + 10 * index).astype(base.pixel_array.dtype).tobytes()
         slices.append(ds)
     image = hd.legacy.LegacyConvertedEnhancedCTImage(slices, hd.UID(), 7, hd.UID(), 1)
-    return pydicom.dcmread(io.BytesIO(_to_bytes(image)))
+    return pydicom.dcmread(io.BytesIO(part10(image)))
 
 
-def _to_bytes(ds: pydicom.Dataset) -> bytes:
-    buffer = io.BytesIO()
-    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def read_back(data: bytes) -> hd.seg.Segmentation:
-    """Parse the bytes as a Part-10 file (strict) and as a highdicom Segmentation."""
+def read_back(seg: hd.seg.Segmentation) -> hd.seg.Segmentation:
+    """Write the SEG as the service answers it (a Part-10 file), parse that (strict) and read it with highdicom."""
+    data = part10(seg)
     ds = pydicom.dcmread(io.BytesIO(data))
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     return hd.seg.segread(io.BytesIO(data))
