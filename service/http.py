@@ -111,12 +111,18 @@ def _replay(body: bytes, receive_more: Receive) -> Receive:
     return receive
 
 
-class OneSentence:
-    """Rewrites BentoML's own 4xx bodies (a list around `{"error": ...}`, or pydantic's validation report) into
-    this service's shape, `{"error": "one sentence"}`, so a client handles every refusal the same way."""
+class _Rewrite:
+    """Buffers the responses `wants` picks and sends `rewrite(body)` in their place (same status and
+    headers, the length corrected); every other response passes through untouched."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+
+    def wants(self, scope: Scope, start: Message) -> bool:
+        raise NotImplementedError
+
+    def rewrite(self, body: bytes) -> bytes:
+        raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -127,19 +133,31 @@ class OneSentence:
 
         async def capture(message: Message) -> None:
             nonlocal start
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers", []))
-                if 400 <= message["status"] < 500 and headers.get(b"content-type", b"").startswith(b"application/json"):
-                    start = message
-                    return
+            if message["type"] == "http.response.start" and self.wants(scope, message):
+                start = message
             elif start is not None and message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
-                    await send_error(send, HTTPStatus(start["status"]), _sentence(b"".join(chunks)))
-                return
-            await send(message)
+                    body = self.rewrite(b"".join(chunks))
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+            else:
+                await send(message)
 
         await self.app(scope, receive, capture)
+
+
+class OneSentence(_Rewrite):
+    """Rewrites BentoML's own 4xx bodies (a list around `{"error": ...}`, or pydantic's validation report) into
+    this service's shape, `{"error": "one sentence"}`, so a client handles every refusal the same way."""
+
+    def wants(self, scope: Scope, start: Message) -> bool:
+        content_type = dict(start.get("headers", [])).get(b"content-type", b"")
+        return 400 <= start["status"] < 500 and content_type.startswith(b"application/json")
+
+    def rewrite(self, body: bytes) -> bytes:
+        return json.dumps({"error": _sentence(body)}).encode()
 
 
 def _sentence(body: bytes) -> str:
@@ -169,40 +187,21 @@ ERROR_SCHEMA = {
 }
 
 
-class DocumentedErrors:
+class DocumentedErrors(_Rewrite):
     """Completes the OpenAPI document BentoML serves at /docs.json with what this service really answers: the
     refusals of each route (`{"error": sentence}` with their statuses, which BentoML's generator does not know)
     and, when a token is set, the bearer scheme."""
 
     def __init__(self, app: ASGIApp, errors: Mapping[str, Sequence[int]], bearer: bool) -> None:
-        self.app = app
+        super().__init__(app)
         self.errors = errors
         self.bearer = bearer
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/docs.json":
-            await self.app(scope, receive, send)
-            return
-        start: Message = {}
-        chunks: list[bytes] = []
+    def wants(self, scope: Scope, start: Message) -> bool:
+        return scope["path"] == "/docs.json" and start["status"] == 200
 
-        async def capture(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start":
-                start = message
-            else:
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    await self._send(send, start, b"".join(chunks))
-
-        await self.app(scope, receive, capture)
-
-    async def _send(self, send: Send, start: Message, body: bytes) -> None:
-        if start.get("status") == 200:
-            body = json.dumps(self.complete(json.loads(body))).encode()
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    def rewrite(self, body: bytes) -> bytes:
+        return json.dumps(self.complete(json.loads(body))).encode()
 
     def complete(self, spec: dict[str, Any]) -> dict[str, Any]:
         components = spec.setdefault("components", {})
