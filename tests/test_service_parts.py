@@ -17,6 +17,7 @@ from service.schemas import Prompt
 from service.segmenter import Router, Segmenter, Served, encode_jobs
 from service.store import ModelStore
 from tests import dicomfiles as files
+from tests.test_service import reference
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -97,11 +98,7 @@ def test_segmenter_equals_the_steps_run_by_hand_and_caches(demo: Served) -> None
     dicom = files.ct_image(files.ct_hu(60, 90, seed=1))
     boxes = [[5, 5, 50, 40], [30, 10, 88, 59]]
     result = segmenter.segment(read_dicom(dicom), [Prompt(box=b, task="ct_liver") for b in boxes])
-    model_input, frame = demo.geometry.prepare(read_dicom(dicom).display(0, "ct_abdomen"), demo.size)
-    (embedding,) = demo.model.encoder.run(None, {"image": model_input[None], "resized_hw": np.array([frame.resized])})
-    model_boxes = demo.geometry.box_to_model(np.array(boxes, float), frame).astype(np.float32)
-    logits, ious = demo.model.decoder.run(None, {"image_embeddings": embedding, "boxes": model_boxes})
-    expected = demo.geometry.mask_to_image(logits, frame, demo.size)
+    expected, ious = reference(REPO / "models", "demo", dicom, boxes, preset="ct_abdomen")
     np.testing.assert_array_equal(np.stack([r.mask for r in result.results]), expected)
     np.testing.assert_allclose([r.iou for r in result.results], ious, atol=1e-6)
     assert (result.encoded, result.cached, calls) == (1, 0, [1])
