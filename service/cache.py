@@ -1,7 +1,7 @@
 """An LRU cache of image embeddings, bounded in bytes: further boxes on an image already seen cost only the decoder.
 
-Keys are opaque tuples the segmenter builds (model, manifest hash, image identity, frame, intensity preset); the
-image identity is a digest, so no DICOM value is kept in a key. Thread-safe: BentoML runs sync API calls on a pool.
+Keys are opaque tuples the segmenter builds (model, manifest hash, digest of the displayed image the encoder input
+is made of), so no DICOM value is kept in a key. Thread-safe: BentoML runs sync API calls on a pool.
 """
 
 from __future__ import annotations

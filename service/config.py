@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from service.dicom import Limits
 from service.dicomweb import DicomwebConfig, load_config
 
 DEVICES = ("cpu", "gpu")
@@ -68,6 +69,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_request_bytes": _positive_int,
     "max_pixels": _positive_int,
     "max_frames": _positive_int,
+    "max_decoded_pixels": _positive_int,
     "max_prompts": _positive_int,
     "cache_mb": _positive_int,
     "batching": _flag,
@@ -84,8 +86,11 @@ class Settings:
     models: the model store folder. default_model: served when a request names no model and no task routes it.
     token: when set, every route but /livez, /readyz and /metrics needs `Authorization: Bearer <token>`.
     device: `gpu` makes /readyz fail unless the sessions run on a GPU provider. max_*: refuse larger requests
-    (whole body bytes; rows x columns of one frame; frames per file; prompts per request) with 413. cache_mb: the
-    embedding cache's size. batching, max_batch_size, max_latency_ms: the encoder's adaptive batching.
+    with 413: body bytes (counted as received); rows x columns of one frame; frames a file declares; rows x columns
+    summed over the frames one request decodes; prompts per request. The pixel limits bound what a request costs
+    whatever its bytes (a blank frame compresses to almost nothing): a 1024 px model gains nothing from frames
+    past 4096 x 4096, and 64 Mpx are 256 CT slices of 512 x 512. cache_mb: the embedding cache's size. batching,
+    max_batch_size, max_latency_ms: the encoder's adaptive batching.
     dicomweb: the PACS `POST /segment/dicomweb` may call (the file `MEDSAMIX_DICOMWEB` names; none when unset).
     """
 
@@ -94,9 +99,10 @@ class Settings:
     token: str | None = None
     device: str = "cpu"
     max_request_bytes: int = 256 * 1024 * 1024
-    max_pixels: int = 50_000_000
-    max_frames: int = 2_000
-    max_prompts: int = 256
+    max_pixels: int = Limits.max_pixels
+    max_frames: int = Limits.max_frames
+    max_decoded_pixels: int = Limits.max_decoded_pixels
+    max_prompts: int = 64
     cache_mb: int = 1024
     batching: bool = True
     max_batch_size: int = 8

@@ -1,4 +1,4 @@
-"""DICOM decoding for the service: one uploaded Part 10 file -> a checked image whose frames decode on demand.
+"""DICOM decoding for the service: one Part 10 file -> a checked image whose frames decode on demand.
 
 `read_dicom` parses the header and refuses a bad upload before a single pixel is decoded: not DICOM or truncated
 (400), no pixel data or an image layout the service does not take (422), too large for the `Limits` (413), a
@@ -6,31 +6,45 @@ transfer syntax no installed pydicom decoder plugin handles (415). Every refusal
 sentence names sizes, counts, indices, transfer syntaxes and photometric interpretations only, never a tag value
 (pydicom's own exception texts may quote values, so they are never forwarded).
 
+The file is read where it lies (an upload spooled to disk, or bytes a PACS sent): large values such as Pixel Data
+stay unread at parse time, and each frame is decoded from its own bytes, so a request holds the frames it uses,
+not the whole file. The work is bounded by what is decoded, not by bytes: pixels per frame (checked against the
+header and, for JPEG-family codestreams, against the size the codestream itself declares) and pixels decoded per
+request.
+
 `DicomImage.values` decodes one frame through pydicom's decoders (plus the Modality LUT); `DicomImage.display`
 turns it into the uint8 image the encoder sees, through `service.imaging`'s presets or the file's own VOI.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from http import HTTPStatus
 from io import BytesIO
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, as_pixel_options, get_decoder
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID, AllTransferSyntaxes
+from pydicom.tag import BaseTag
+from pydicom.uid import (
+    UID,
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+)
 
+from service import cancellation, codestreams
 from service.errors import RequestError
 from service.imaging import ImagingError, Window, to_uint8
 
@@ -64,12 +78,19 @@ _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
+PIXEL_DATA = 0x7FE00010
+# Values at least this long are left in the file at parse time (Pixel Data above all) and read when used.
+_DEFER_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Limits:
-    """The largest image the service decodes; checked on the header, before any pixel is allocated."""
+    """The most the service decodes for one request; checked on the header before any pixel is allocated, and
+    again on each frame's codestream before it is decoded."""
 
-    max_pixels: int = 50_000_000  # rows * columns of one frame
-    max_frames: int = 2_000
+    max_pixels: int = 4096 * 4096  # rows * columns of one frame
+    max_frames: int = 2_000  # frames a file may declare (only those a request uses are decoded)
+    max_decoded_pixels: int = 64 * 1024 * 1024  # rows * columns summed over the frames one request decodes
 
 
 def _syntax_label(uid: UID) -> str:
@@ -91,44 +112,81 @@ def _decodable_syntaxes() -> list[UID]:
     return decodable
 
 
-def _parse(data: bytes) -> Dataset:
-    """Bytes -> a parsed Dataset, or 400 when the bytes are not a complete DICOM Part 10 file."""
-    if len(data) < 132 or data[128:132] != b"DICM":
+Source = Path | bytes  # an upload spooled to disk, or an instance a PACS sent
+
+
+def _opener(source: Source) -> Callable[[], BinaryIO]:
+    """A function opening `source` for reading; bytes are shared, not copied, by each BytesIO."""
+    if isinstance(source, bytes):
+        return lambda: BytesIO(source)
+    path = Path(source)
+    return lambda: open(path, "rb")
+
+
+def _past_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group != 2
+
+
+def _parse(open_source: Callable[[], BinaryIO]) -> tuple[Dataset, int]:
+    """The parsed header of a complete DICOM Part 10 file (values of `_DEFER_BYTES` or more left unread) and the
+    file's size, or 400 when it is not one."""
+    with open_source() as stream:
+        head = stream.read(132)
+        size = stream.seek(0, 2)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            raise RequestError(
+                f"the upload is not a DICOM file; expected a DICOM Part 10 file (a 128-byte preamble then 'DICM'), "
+                f"found {size} bytes without that marker"
+            )
+        stream.seek(132)
+        try:  # the file meta group (explicit VR little endian in every Part 10 file) alone
+            meta = pydicom.filereader.read_dataset(
+                stream, is_implicit_VR=False, is_little_endian=True, stop_when=_past_file_meta
+            )
+        except Exception:  # pydicom raises many types here, and their texts may quote values
+            meta = None
+        if meta is None or "TransferSyntaxUID" not in meta:
+            raise RequestError(
+                "the DICOM file meta information has no transfer syntax UID; expected a complete Part 10 header, "
+                "found a truncated or malformed one"
+            )
+        if UID(str(meta.TransferSyntaxUID)) == DeflatedExplicitVRLittleEndian:
+            # pydicom inflates a deflated dataset whole into memory, whatever the ratio (a few MB become GBs).
+            raise RequestError(
+                "the DICOM file's dataset is deflated (Deflated Explicit VR Little Endian), which this server does "
+                "not inflate; expected an explicit or implicit VR little endian file, or compressed pixel data",
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            )
+        stream.seek(0)
+        try:
+            ds = pydicom.dcmread(stream, defer_size=_DEFER_BYTES)
+        except Exception:  # as above
+            raise RequestError(
+                "the DICOM header could not be parsed; expected a well-formed DICOM Part 10 file"
+            ) from None
+    if _truncated(ds, size):
         raise RequestError(
-            f"the upload is not a DICOM file; expected a DICOM Part 10 file (a 128-byte preamble then 'DICM'), "
-            f"found {len(data)} bytes without that marker"
-        )
-    try:
-        ds = pydicom.dcmread(BytesIO(data))
-    except Exception:  # pydicom raises many types here, and their texts may quote values
-        raise RequestError("the DICOM header could not be parsed; expected a well-formed DICOM Part 10 file") from None
-    if "TransferSyntaxUID" not in ds.file_meta:
-        raise RequestError(
-            "the DICOM file meta information has no transfer syntax UID; expected a complete Part 10 header, "
-            "found a truncated or malformed one"
-        )
-    if _truncated(ds):
-        raise RequestError(
-            f"the DICOM file is truncated; expected complete elements, found the upload's {len(data)} bytes ending "
+            f"the DICOM file is truncated; expected complete elements, found the upload's {size} bytes ending "
             "inside one"
         )
-    return ds
+    return ds, size
 
 
-def _truncated(ds: Dataset) -> bool:
-    """Whether the file ended inside an element (pydicom keeps the short value without complaint).
+def _truncated(ds: Dataset, size: int) -> bool:
+    """Whether the file ended inside an element (pydicom keeps a short value, or a deferred one it has not read,
+    without complaint).
 
     A truncated encapsulated (undefined-length) Pixel Data element makes pydicom drop the dataset, so an empty
-    dataset counts as truncated too. Only the last element can be cut short; it is checked while still raw.
+    dataset counts as truncated too. Only the last element can be cut short; it is checked while still raw, from
+    where its value starts and the length it declares, without reading it.
     """
     if len(ds) == 0:
         return True
-    last = ds.get_item(max(ds.keys()))
+    last = ds.get_item(max(ds.keys()), keep_deferred=True)
     return (
         isinstance(last, RawDataElement)
         and last.length != 0xFFFFFFFF  # undefined length
-        and isinstance(last.value, bytes)
-        and len(last.value) < last.length
+        and last.value_tell + last.length > size
     )
 
 
@@ -166,13 +224,15 @@ def _check_decodable(syntax: UID) -> Decoder:
     return decoder
 
 
-def read_dicom(data: bytes, limits: Limits = Limits()) -> DicomImage:
-    """A DICOM Part 10 upload -> a `DicomImage` whose header has been checked; no pixel is decoded here.
+def read_dicom(source: Source, limits: Limits = Limits()) -> DicomImage:
+    """A DICOM Part 10 file (a path, kept until the image is no longer used, or bytes) -> a `DicomImage` whose
+    header has been checked; no pixel is decoded and Pixel Data is not read here.
 
     Raises RequestError: 400 not DICOM or truncated, 422 no pixel data or an unsupported image layout, 413 over
-    `limits`, 415 a transfer syntax no installed decoder handles.
+    `limits`, 415 a transfer syntax no installed decoder handles (or a deflated dataset).
     """
-    ds = _parse(data)
+    open_source = _opener(source)
+    ds, size = _parse(open_source)
     if "PixelData" not in ds:
         other = "float pixel data" if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds else "no pixel data"
         raise RequestError(
@@ -232,15 +292,18 @@ def read_dicom(data: bytes, limits: Limits = Limits()) -> DicomImage:
             f"the DICOM image has pixel representation {representation}; expected 0 (unsigned) or 1 (signed)",
             HTTPStatus.UNPROCESSABLE_ENTITY,
         )
+    pixels = ds.get_item(PIXEL_DATA, keep_deferred=True)
     if decoder.is_native:
         expected = get_expected_length(ds, "bytes")
-        found = len(ds.PixelData)
+        found = min(pixels.length, size - pixels.value_tell)
         if found < expected:
             raise RequestError(
                 f"the DICOM pixel data is truncated; expected {expected} bytes for {frames} frame(s) of "
                 f"{rows}x{columns}x{samples} at {bits} bits, found {found}"
             )
-    return DicomImage(ds, decoder, rows=rows, columns=columns, frames=frames, samples=samples)
+    return DicomImage(
+        ds, decoder, open_source, pixels, limits, rows=rows, columns=columns, frames=frames, samples=samples
+    )
 
 
 def part10(dataset: Dataset) -> bytes:
@@ -249,13 +312,6 @@ def part10(dataset: Dataset) -> bytes:
     buffer = BytesIO()
     pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def _identity(ds: Dataset) -> str:
-    """sha256 hex of the SOPInstanceUID and the raw Pixel Data's sha256: two files that reuse one UID with
-    different pixels never share a cache entry."""
-    pixels = hashlib.sha256(ds.PixelData).digest()
-    return hashlib.sha256(str(ds.get("SOPInstanceUID", "")).encode() + b"\0" + pixels).hexdigest()
 
 
 def _functional_group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
@@ -269,26 +325,55 @@ def _functional_group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
 
 
 class DicomImage:
-    """A checked DICOM image: header facts, and frames decoded (and cached) one at a time; built by `read_dicom`."""
+    """A checked DICOM image: header facts, and frames decoded (and cached) one at a time from the file's own bytes;
+    built by `read_dicom`. The frames one image decodes are bounded by `Limits.max_decoded_pixels`."""
 
-    dataset: Dataset  # the parsed file (the SEG builder's source image)
+    dataset: Dataset  # the parsed header (the SEG builder's source image); Pixel Data left unread
     rows: int
     columns: int
     frames: int
     samples: int  # samples per pixel: 1 (monochrome) or 3 (RGB once decoded)
     modality: str  # '' when absent; display defaults only, never in a message
-    identity: str  # an opaque cache key for this instance (see `_identity`)
 
-    def __init__(self, dataset: Dataset, decoder: Decoder, *, rows: int, columns: int, frames: int, samples: int):
+    def __init__(
+        self,
+        dataset: Dataset,
+        decoder: Decoder,
+        open_source: Callable[[], BinaryIO],
+        pixels: RawDataElement,
+        limits: Limits,
+        *,
+        rows: int,
+        columns: int,
+        frames: int,
+        samples: int,
+    ):
         self.dataset = dataset
         self.rows, self.columns, self.frames, self.samples = rows, columns, frames, samples
         self.modality = str(dataset.get("Modality", "") or "")
-        self.identity = _identity(dataset)
         self._decoder = decoder
+        self._open = open_source
+        self._pixels = pixels
+        self._limits = limits
         self._syntax = UID(str(dataset.file_meta.TransferSyntaxUID))
         self._monochrome1 = str(dataset.PhotometricInterpretation).strip() == "MONOCHROME1"
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._decoded: set[int] = set()
         self._lock = threading.Lock()
+
+    def reserve(self, frames: Collection[int]) -> None:
+        """Count `frames` (valid indices) against this image's decoding budget, or 413 before any of them is
+        decoded: what a request will decode is refused up front, not after the first frames were paid for."""
+        with self._lock:
+            wanted = self._decoded | set(frames)
+            pixels = len(wanted) * self.rows * self.columns
+            if pixels > self._limits.max_decoded_pixels:
+                raise RequestError(
+                    f"the request needs {len(wanted)} frame(s) of {self.rows}x{self.columns} decoded, {pixels} "
+                    f"pixels; this server decodes at most {self._limits.max_decoded_pixels} per request",
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                )
+            self._decoded = wanted
 
     def check_frame(self, frame: int) -> int:
         """`frame` as an int if it indexes a frame of this image, else 400."""
@@ -318,13 +403,24 @@ class DicomImage:
         return values
 
     def _decode(self, frame: int) -> np.ndarray:
-        try:
-            array, meta = self._decoder.as_array(self.dataset, index=frame, **as_pixel_options(self.dataset))
-        except Exception:  # a plugin's failure on a corrupt stream; its text is not ours to forward
-            raise RequestError(
-                f"frame {frame} could not be decoded; expected valid {self._syntax.name} pixel data, found a corrupt "
-                "or truncated stream"
-            ) from None
+        cancellation.check()
+        self.reserve((frame,))
+        options = as_pixel_options(self.dataset)
+        with self._open() as stream:
+            if codestreams.has_codestream_header(self._syntax):
+                self._check_codestream(stream, frame, options)
+            stream.seek(self._pixels.value_tell)
+            try:
+                array, meta = self._decoder.as_array(
+                    stream,
+                    index=frame,
+                    transfer_syntax_uid=self._syntax,
+                    pixel_keyword="PixelData",
+                    pixel_vr=self._pixels.VR,
+                    **options,
+                )
+            except Exception:  # a plugin's failure on a corrupt stream; its text is not ours to forward
+                raise self._corrupt(frame) from None
         if self.samples == 3:
             decoded = str(meta.get("photometric_interpretation", ""))
             if decoded != "RGB":
@@ -343,6 +439,32 @@ class DicomImage:
                 HTTPStatus.UNPROCESSABLE_ENTITY,
             ) from None
         return np.asarray(values, dtype=np.float64)
+
+    def _check_codestream(self, stream: BinaryIO, frame: int, options: dict[str, Any]) -> None:
+        """422 unless frame `frame`'s codestream declares the header's Rows x Columns (what the decoder allocates
+        is what the codestream says, and the header is what the limits were checked against)."""
+        stream.seek(self._pixels.value_tell)
+        try:
+            codestream = get_frame(
+                stream, frame, number_of_frames=self.frames, extended_offsets=options.get("extended_offsets")
+            )
+        except Exception:  # no such fragment(s): the stream is cut short or its offset table is wrong
+            raise self._corrupt(frame) from None
+        declared = codestreams.declared_size(self._syntax, codestream)
+        if declared == codestreams.UNREADABLE:
+            raise self._corrupt(frame)
+        if declared != (self.rows, self.columns):
+            raise RequestError(
+                f"frame {frame}'s {self._syntax.name} codestream declares {declared[0]}x{declared[1]} pixels; "
+                f"expected the header's {self.rows}x{self.columns}",
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+            )
+
+    def _corrupt(self, frame: int) -> RequestError:
+        return RequestError(
+            f"frame {frame} could not be decoded; expected valid {self._syntax.name} pixel data, found a corrupt or "
+            "truncated stream"
+        )
 
     def display(self, frame: int, preset: str | None = None) -> np.ndarray:
         """uint8 HxW (monochrome) or HxWx3 (RGB): what the encoder sees.

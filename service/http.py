@@ -1,18 +1,25 @@
-"""The ASGI guard in front of every route: the optional bearer token and the request-size limit.
+"""The ASGI guard in front of every route, and the middlewares that put BentoML's answers into this service's shape.
 
-It runs before BentoML parses a body, so an oversize upload is refused without being read into memory or onto disk,
-and a request without the token learns nothing else about the server. Probes (/livez, /readyz, /metrics) stay open
-so an orchestrator can check the service without the secret.
+The guard runs before BentoML reads a body: a request without the token learns nothing else about the server, a
+body framed two ways at once or in a content coding is refused before it is read, and the body is counted as it
+is received (chunked or not), never buffered, so an upload past the limit is cut off where it crosses it. Once a
+body is in, the guard watches the connection and tells the request's work (`service.cancellation`) when its
+client leaves. Probes (/livez, /readyz, /metrics) need no token, so an orchestrator can check the service without
+the secret.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import Any
+
+from service import cancellation
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -21,9 +28,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+DISCONNECT: Message = {"type": "http.disconnect"}
+# Sent with an answer given before the body was read: the server closes the connection instead of reading on.
+CLOSE = (b"connection", b"close")
 
 
-async def send_error(send: Send, status: HTTPStatus, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def send_error(send: Send, status: HTTPStatus, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """A JSON `{"error": message}` response: the shape every refusal of this service has."""
     body = json.dumps({"error": message}).encode()
     await send(
@@ -37,8 +47,11 @@ async def send_error(send: Send, status: HTTPStatus, message: str, headers: list
 
 
 class Guard:
-    """Refuses (401) requests without `Authorization: Bearer <token>` when a token is set, compared in constant
-    time, and (413) bodies over `max_bytes`: at once from Content-Length, else while the body streams in."""
+    """Refuses, before any body is read: 401 without `Authorization: Bearer <token>` (when a token is set; compared
+    in constant time); 400 for a body framed by both Content-Length and Transfer-Encoding (RFC 9112 6.3: a request
+    smuggling vector) or a malformed length; 415 for a Content-Encoding (a compressed body would be inflated past
+    any limit counted on the wire); 413 for a declared length over `max_bytes`. Then counts the body as it arrives
+    and answers 413 where it crosses `max_bytes`, whatever the framing said."""
 
     def __init__(self, app: ASGIApp, token: str | None, max_bytes: int) -> None:
         self.app = app
@@ -46,30 +59,47 @@ class Guard:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        if self.token is not None and not self._authorized(headers.get(b"authorization", b"")):
-            await send_error(
-                send,
-                HTTPStatus.UNAUTHORIZED,
-                "this server needs a bearer token: send the header 'Authorization: Bearer <token>' with the token "
-                "it was configured with",
-                [(b"www-authenticate", b'Bearer realm="medsamix"')],
-            )
+        refusal = self._refusal(scope)
+        if refusal is not None:  # the body was not read: close the connection rather than drain it
+            status, sentence, headers = refusal
+            await send_error(send, status, sentence, [*headers, CLOSE])
             return
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await send_error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large())
-            return
-        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-            body = await self._read_bounded(receive)
-            if body is None:
-                await send_error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large())
-                return
-            receive = _replay(body, receive)
-        await self.app(scope, receive, send)
+        with cancellation.watching() as gone:
+            body = _CountedBody(receive, self.max_bytes, gone)
+            replies = _Replies(send, body)
+            try:
+                await self.app(scope, body.receive, replies.send)
+            finally:
+                body.stop_watching()
+        if body.over_limit and not replies.started:
+            await send_error(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large(), [CLOSE])
+
+    def _refusal(self, scope: Scope) -> tuple[HTTPStatus, str, list[tuple[bytes, bytes]]] | None:
+        """(status, sentence, headers) of a request refused on its headers alone, or None."""
+        headers = _headers(scope)
+        if self.token is not None and scope["path"] not in OPEN_PATHS:
+            if not self._authorized(headers.get(b"authorization", [b""])[-1]):
+                sentence = (
+                    "this server needs a bearer token: send the header 'Authorization: Bearer <token>' with the "
+                    "token it was configured with"
+                )
+                return HTTPStatus.UNAUTHORIZED, sentence, [(b"www-authenticate", b'Bearer realm="medsamix"')]
+        lengths = headers.get(b"content-length", [])
+        if lengths and b"transfer-encoding" in headers:
+            sentence = "expected a body framed by either Content-Length or Transfer-Encoding, found both"
+            return HTTPStatus.BAD_REQUEST, sentence, []
+        if len(lengths) > 1 or (lengths and not lengths[0].strip().isdigit()):
+            sentence = "expected one Content-Length of decimal digits, found a malformed or repeated one"
+            return HTTPStatus.BAD_REQUEST, sentence, []
+        if any(coding.strip().lower() not in (b"", b"identity") for coding in headers.get(b"content-encoding", [])):
+            sentence = "expected an uncompressed body (no Content-Encoding), found a content coding"
+            return HTTPStatus.UNSUPPORTED_MEDIA_TYPE, sentence, []
+        if lengths and int(lengths[0]) > self.max_bytes:
+            return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large(), []
+        return None
 
     def _authorized(self, header: bytes) -> bool:
         scheme, _, credentials = header.partition(b" ")
@@ -80,40 +110,85 @@ class Guard:
     def _too_large(self) -> str:
         return f"the request body is larger than this server accepts ({self.max_bytes} bytes per request)"
 
-    async def _read_bounded(self, receive: Receive) -> bytes | None:
-        """A chunked body read whole if it stays within the limit, else None (the rest is not read)."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(chunks)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return None
-            chunks.append(chunk)
+
+def _headers(scope: Scope) -> dict[bytes, list[bytes]]:
+    """Header name -> every value sent under it (a repeated header is a framing question, not 'the last wins')."""
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in scope["headers"]:
+        found.setdefault(name.lower(), []).append(value)
+    return found
+
+
+class _CountedBody:
+    """The request body as the app reads it, counted. Past `limit` bytes the app is told the client left (so it
+    stops reading and the guard answers 413). Once the body is complete, one task waits on the connection and sets
+    `gone` if the client leaves; the app's own later reads (Starlette asks only to learn of a disconnect) wait for
+    that instead of competing for the connection's next message."""
+
+    def __init__(self, receive: Receive, limit: int, gone: threading.Event) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._gone = gone
+        self._left = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self.received = 0
+        self.over_limit = False
+
+    async def receive(self) -> Message:
+        if self.over_limit or self._left.is_set():
+            return DISCONNECT
+        if self._watcher is not None:
+            await self._left.wait()
+            return DISCONNECT
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._leave()
+        elif message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self._limit:
+                self.over_limit = True
+                return DISCONNECT
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return message
+
+    async def _watch(self) -> None:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self._leave()
+
+    def _leave(self) -> None:
+        self._left.set()
+        self._gone.set()
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
-def _replay(body: bytes, receive_more: Receive) -> Receive:
-    """The body already read, then whatever the connection says next (its disconnect)."""
-    sent = False
+class _Replies:
+    """The app's `send`, except once the body went over the limit: the app's answer to the disconnect it was then
+    shown is dropped, and the guard answers 413 in its place."""
 
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive_more()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    def __init__(self, send: Send, body: _CountedBody) -> None:
+        self._send = send
+        self._body = body
+        self.started = False
 
-    return receive
+    async def send(self, message: Message) -> None:
+        if self._body.over_limit:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 class _Rewrite:
-    """Buffers the responses `wants` picks and sends `rewrite(body)` in their place (same status and
-    headers, the length corrected); every other response passes through untouched."""
+    """Buffers the responses `wants` picks and sends `rewrite(start, body)` in their place (same status and
+    headers, the length corrected, and the content type `media_type` when one is set); every other response
+    passes through untouched."""
+
+    media_type: bytes | None = None
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -121,7 +196,7 @@ class _Rewrite:
     def wants(self, scope: Scope, start: Message) -> bool:
         raise NotImplementedError
 
-    def rewrite(self, body: bytes) -> bytes:
+    def rewrite(self, start: Message, body: bytes) -> bytes:
         raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,6 +205,7 @@ class _Rewrite:
             return
         start: Message | None = None
         chunks: list[bytes] = []
+        replaced = {b"content-length"} | ({b"content-type"} if self.media_type else set())
 
         async def capture(message: Message) -> None:
             nonlocal start
@@ -138,9 +214,12 @@ class _Rewrite:
             elif start is not None and message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
-                    body = self.rewrite(b"".join(chunks))
-                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                    await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+                    body = self.rewrite(start, b"".join(chunks))
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in replaced]
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    if self.media_type:
+                        headers.append((b"content-type", self.media_type))
+                    await send({**start, "headers": headers})
                     await send({"type": "http.response.body", "body": body})
             else:
                 await send(message)
@@ -150,33 +229,50 @@ class _Rewrite:
 
 class OneSentence(_Rewrite):
     """Rewrites BentoML's own 4xx bodies (a list around `{"error": ...}`, or pydantic's validation report) into
-    this service's shape, `{"error": "one sentence"}`, so a client handles every refusal the same way."""
+    this service's shape, `{"error": "one sentence"}`, so a client handles every refusal the same way.
+
+    A validation report names the bad field by its path; a path step that is not one of the API's own field names
+    (`fields`) is a key the client chose (an extra field, a mapping key such as a UID) and is never repeated."""
+
+    def __init__(self, app: ASGIApp, fields: Collection[str]) -> None:
+        super().__init__(app)
+        self.fields = frozenset(fields)
 
     def wants(self, scope: Scope, start: Message) -> bool:
         content_type = dict(start.get("headers", [])).get(b"content-type", b"")
         return 400 <= start["status"] < 500 and content_type.startswith(b"application/json")
 
-    def rewrite(self, body: bytes) -> bytes:
-        return json.dumps({"error": _sentence(body)}).encode()
+    def rewrite(self, start: Message, body: bytes) -> bytes:
+        return json.dumps({"error": self.sentence(body)}).encode()
 
+    def sentence(self, body: bytes) -> str:
+        """One sentence out of a JSON error body."""
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return "the request was refused"
+        if isinstance(data, list) and data:
+            data = data[0]
+        if not isinstance(data, dict):
+            return "the request was refused"
+        details = data.get("detail")
+        if isinstance(details, list) and details:
+            fields = [
+                f"{self.path(d.get('loc', ()))}: {d.get('msg', 'invalid')}" for d in details if isinstance(d, dict)
+            ]
+            return "the request's fields do not match the API (" + "; ".join(fields) + ")"
+        return str(data.get("error") or data.get("detail") or "the request was refused")
 
-def _sentence(body: bytes) -> str:
-    """One sentence out of a JSON error body; validation reports name each bad field by its path."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return "the request was refused"
-    if isinstance(data, list) and data:
-        data = data[0]
-    if not isinstance(data, dict):
-        return "the request was refused"
-    details = data.get("detail")
-    if isinstance(details, list) and details:
-        fields = [
-            f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg', 'invalid')}" for d in details if isinstance(d, dict)
-        ]
-        return "the request's fields do not match the API (" + "; ".join(fields) + ")"
-    return str(data.get("error") or data.get("detail") or "the request was refused")
+    def path(self, loc: Sequence[object]) -> str:
+        """A validation error's location: list indices and the API's field names; a client's own key is '<key>'.
+        pydantic also puts a union member's type (e.g. 'list[Prompt]') into the path: not a step the client wrote."""
+        steps = []
+        for step in loc:
+            if isinstance(step, int) or step in self.fields:
+                steps.append(str(step))
+            elif not (isinstance(step, str) and step.endswith("]") and "[" in step):
+                steps.append("<key>")
+        return ".".join(steps) or "request"
 
 
 ERROR_SCHEMA = {
@@ -200,7 +296,7 @@ class DocumentedErrors(_Rewrite):
     def wants(self, scope: Scope, start: Message) -> bool:
         return scope["path"] == "/docs.json" and start["status"] == 200
 
-    def rewrite(self, body: bytes) -> bytes:
+    def rewrite(self, start: Message, body: bytes) -> bytes:
         return json.dumps(self.complete(json.loads(body))).encode()
 
     def complete(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -219,3 +315,23 @@ class DocumentedErrors(_Rewrite):
                     for operation in item.values():
                         operation["security"] = [{"bearer": []}]
         return spec
+
+
+class Readiness(_Rewrite):
+    """Gives /readyz a body an operator can read where the orchestrator looks: `{"ready": bool, "models": [...],
+    "refused": {folder: why}}` (the status stays BentoML's). `report` returns the service's own account, or None
+    before the service is up."""
+
+    media_type = b"application/json"
+
+    def __init__(self, app: ASGIApp, report: Callable[[], Mapping[str, Any] | None]) -> None:
+        super().__init__(app)
+        self.report = report
+
+    def wants(self, scope: Scope, start: Message) -> bool:
+        return scope["path"] == "/readyz"
+
+    def rewrite(self, start: Message, body: bytes) -> bytes:
+        return json.dumps(
+            {"ready": start["status"] == 200, **(self.report() or {"models": [], "refused": {}})}
+        ).encode()

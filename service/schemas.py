@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -124,6 +126,20 @@ class ModelCard(BaseModel):
     manifest: dict[str, Any]
 
 
+class RefusedModel(BaseModel):
+    """A folder of the model store that is not served, and the one sentence why."""
+
+    name: str = Field(description="the folder's name")
+    reason: str
+
+
+class ModelList(BaseModel):
+    """What `GET /models` answers: the served models, and the store's folders that were refused at start."""
+
+    models: list[ModelCard]
+    refused: list[RefusedModel]
+
+
 class EncodeJob(TypedDict):
     """One image for the encoder service: the model's name, its uint8 (S, S, 3) model input and the (h, w) the
     image was resized to inside it (an internal payload between the two services)."""
@@ -131,3 +147,25 @@ class EncodeJob(TypedDict):
     model: str
     image: Any
     resized: tuple[int, int]
+
+
+def field_names(models: Iterable[type[BaseModel]]) -> frozenset[str]:
+    """Every field name of `models` and of the models their fields hold (lists, unions, mappings included): the
+    only path steps a refusal may repeat back to a client."""
+    names: set[str] = set()
+    pending = list(models)
+    seen: set[type] = set()
+    while pending:
+        model = pending.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            names.add(name)
+            annotations = [field.annotation]
+            while annotations:
+                annotation = annotations.pop()
+                if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                    pending.append(annotation)
+                annotations.extend(typing.get_args(annotation))
+    return frozenset(names)

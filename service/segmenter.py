@@ -4,16 +4,23 @@ the decoder. No HTTP here, so the BentoML service, the tests and the benchmark r
 The encoder is a callable (`Encode`): in the service it is the batched encoder service (which batches images across
 requests), in-process it is `encode_jobs` on the loaded sessions. The decoder runs here, once per (model, frame)
 over all of that frame's boxes.
+
+The embedding cache is consulted only after the frame has been decoded and displayed, so a file is refused the same
+way whether or not an equal image was seen before, and it is keyed by what the encoder input is made of: the model
+(name and manifest hash) and a digest of the uint8 image the geometry turns into that input. Two files that share a
+UID but differ in anything that changes the displayed pixels (photometric interpretation, rescale, VOI window,
+modality default) never share an entry; two that display identically do.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from service import imaging
+from service import cancellation, imaging
 from service.cache import Embedding, EmbeddingCache
 from service.dicom import DicomImage
 from service.errors import RequestError
@@ -21,8 +28,6 @@ from service.schemas import EncodeJob, Prompt
 from service.store import LoadedModel
 
 Encode = Callable[[list[EncodeJob]], list[np.ndarray]]
-# The cache key's preset when none is forced: the image's own window (or its modality's default) decides.
-AUTO_PRESET = "auto"
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,12 @@ class Router:
         self.models = models
         self.default = default if default in models else None
 
-    def route(self, task: str | None, model: str | None) -> Served:
+    def route(self, task: str | None, model: str | None, prompt: int = 0) -> Served:
+        """The model for prompt number `prompt` (named in refusals, which never repeat the request's names)."""
         if model is not None:
             if model not in self.models:
                 known = ", ".join(sorted(self.models)) or "none"
-                raise RequestError(f"there is no model '{model}' on this server; it serves: {known}", 404)
+                raise RequestError(f"the request names a model this server does not serve; it serves: {known}", 404)
             served = self.models[model]
         elif task is not None:
             single = sorted(n for n, s in self.models.items() if s.tasks == (task,))
@@ -115,15 +121,18 @@ class Router:
             elif self.default is not None and task in self.models[self.default].tasks:
                 served = self.models[self.default]
             else:
-                known = self.tasks()
-                raise RequestError(f"no model on this server was merged for task '{task}'; the tasks are: {known}")
+                raise RequestError(
+                    f"prompt {prompt} names a task no model on this server was merged for; the tasks are: "
+                    f"{self.tasks()}"
+                )
         elif self.default is not None:
             served = self.models[self.default]
         else:
             raise RequestError("this server has no default model; name a model or a task in the request")
         if task is not None and task not in served.tasks:
             raise RequestError(
-                f"model '{served.name}' was not merged for task '{task}'; its tasks are: {', '.join(served.tasks)}"
+                f"model '{served.name}' was not merged for the task prompt {prompt} names; its tasks are: "
+                f"{', '.join(served.tasks)}"
             )
         return served
 
@@ -181,7 +190,10 @@ class Segmenter:
                 413,
             )
         if preset is not None and preset not in imaging.PRESETS:
-            raise RequestError(f"unknown intensity preset '{preset}'; known presets: {', '.join(imaging.PRESETS)}")
+            raise RequestError(
+                f"the request names an intensity preset this server does not know; known presets: "
+                f"{', '.join(imaging.PRESETS)}"
+            )
         try:
             boxes = imaging.check_boxes(np.array([p.box for p in prompts], np.float64), image.rows, image.columns)
         except imaging.ImagingError as error:
@@ -190,14 +202,16 @@ class Segmenter:
         # (model, frame, preset) -> the prompts it serves; one embedding and one decoder run each.
         groups: dict[tuple[str, int, str | None], list[int]] = {}
         for i, prompt in enumerate(prompts):
-            served = self.router.route(prompt.task, model)
+            served = self.router.route(prompt.task, model, i)
             frame = image.check_frame(prompt.frame)
             window = preset or (served.presets.get(prompt.task) if prompt.task else None)
             groups.setdefault((served.name, frame, window), []).append(i)
+        image.reserve({frame for _, frame, _ in groups})
 
         embeddings, encoded = self._embeddings(image, list(groups))
         results: list[Segmented | None] = [None] * len(prompts)
         for key, indices in groups.items():
+            cancellation.check()
             served = self.models[key[0]]
             masks, ious = served.decode(embeddings[key], boxes[indices])
             for i, mask, iou in zip(indices, masks, ious, strict=True):
@@ -209,28 +223,38 @@ class Segmenter:
     def _embeddings(
         self, image: DicomImage, keys: list[tuple[str, int, str | None]]
     ) -> tuple[dict[tuple[str, int, str | None], Embedding], int]:
-        """The embedding of each (model, frame, preset): from the cache, else encoded in one call for all misses."""
+        """The embedding of each (model, frame, preset): every frame decoded and displayed (so checked) first,
+        then taken from the cache, else encoded in one call for all misses."""
         found: dict[tuple[str, int, str | None], Embedding] = {}
-        missing: list[tuple[tuple, tuple[str, int, str | None], imaging.Frame]] = []
+        missing: list[tuple[tuple[str, str, str], tuple[str, int, str | None], imaging.Frame]] = []
         jobs: list[EncodeJob] = []
         for key in keys:
             name, frame, window = key
             served = self.models[name]
-            cache_key = (name, served.model.manifest_sha256, image.identity, frame, window or AUTO_PRESET)
-            entry = self.cache.get(cache_key)
-            if entry is not None:
-                found[key] = entry
-                continue
             try:
                 pixels = image.display(frame, window)
+                cache_key = (name, served.model.manifest_sha256, pixels_digest(pixels))
+                entry = self.cache.get(cache_key)
+                if entry is not None:
+                    found[key] = entry
+                    continue
                 model_input, geometry_frame = served.geometry.prepare(pixels, served.size)
             except imaging.ImagingError as error:
                 raise RequestError(f"frame {frame} cannot be prepared for the model: {error}", 422) from None
             jobs.append(EncodeJob(model=name, image=model_input, resized=geometry_frame.resized))
             missing.append((cache_key, key, geometry_frame))
         if jobs:
+            cancellation.check()
             for (cache_key, key, geometry_frame), array in zip(missing, self.encode(jobs), strict=True):
                 entry = Embedding(np.asarray(array, np.float32), geometry_frame)
                 self.cache.put(cache_key, entry)
                 found[key] = entry
         return found, len(jobs)
+
+
+def pixels_digest(pixels: np.ndarray) -> str:
+    """sha256 of a displayed uint8 image with its shape: for a given model, the encoder input is a function of
+    exactly this (the geometry's resize and pad), so equal digests mean equal embeddings."""
+    digest = hashlib.sha256(repr((pixels.shape, pixels.dtype.str)).encode())
+    digest.update(np.ascontiguousarray(pixels).data)
+    return digest.hexdigest()

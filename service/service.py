@@ -5,30 +5,34 @@ routes prompts, keeps the embedding cache and runs the decoders; it `depends` on
 method BentoML's adaptive batching feeds with images from concurrent requests. Both load every model in the store
 (hashes verified) and warm it before they report ready. Settings come from `MEDSAMIX_*` variables
 (`service/config.py`).
+
+A model folder that does not verify or open is refused on its own, never the service: both processes serve the
+models that do, the front takes the encoder's verdict too (a model either refused is served by neither), and the
+refused folders are reported with their reasons in `GET /models`, in `/readyz`'s body and in the log at start.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import bentoml
 import highdicom
-from _bentoml_impl.serde import ALL_SERDE, MultipartSerde
-from bentoml.exceptions import BadInput
 from bentoml.validators import ContentType
 from fastapi import FastAPI, Request
-from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
+from service import forms, redaction
 from service.cache import EmbeddingCache
+from service.cancellation import ClientGone
 from service.config import Settings
-from service.dicom import DicomImage, Limits, part10, read_dicom
+from service.dicom import DicomImage, Limits, Source, part10, read_dicom
 from service.dicomweb import Pacs
 from service.errors import RequestError
-from service.http import DocumentedErrors, Guard, OneSentence
+from service.http import DocumentedErrors, Guard, OneSentence, Readiness
 from service.masks import encode_rle
 from service.runtime import available_providers
 from service.schemas import (
@@ -39,12 +43,15 @@ from service.schemas import (
     InstanceRef,
     InstanceResult,
     ModelCard,
+    ModelList,
     ModelRef,
     Prompt,
     PromptResult,
+    RefusedModel,
     Rle,
     SegmentResponse,
     StoredSeg,
+    field_names,
 )
 from service.seg import Algorithm, SegmentMask, build_seg
 from service.segmenter import Segmentation, Segmenter, Served, encode_jobs
@@ -53,7 +60,11 @@ from service.store import ModelStore
 logger = logging.getLogger("medsamix")
 SETTINGS = Settings.from_env()
 CPU = "CPUExecutionProvider"
+# What a request whose client left is logged with (nginx's "client closed request"); nobody reads the answer.
+CLIENT_CLOSED = 499
 T = TypeVar("T")
+redaction.install()
+forms.install()
 
 EMBEDDINGS = bentoml.metrics.Counter(
     name="medsamix_embeddings_total",
@@ -68,18 +79,37 @@ REFUSED = bentoml.metrics.Counter(
     documentation="Requests the service refused (4xx) or a PACS failed (502/504), by status.",
     labelnames=["status"],
 )
+ABANDONED = bentoml.metrics.Counter(
+    name="medsamix_abandoned_total",
+    documentation="Requests whose client left before the answer was ready; their remaining work was dropped.",
+)
+REFUSED_MODELS = bentoml.metrics.Gauge(
+    name="medsamix_models_refused",
+    documentation="Folders of the model store that are not served (see GET /models for why).",
+    multiprocess_mode="livemax",  # one value for the server, not one per worker process
+)
 
 
-def load_models(settings: Settings, graph: str) -> dict[str, Served]:
-    """Every model in the store, verified, its `graph` opened on the providers `settings.device` asks for, and
-    warmed. Each service opens only the graph it runs: an encoder is held once, by the encoder service."""
+def load_models(settings: Settings, graph: str) -> tuple[dict[str, Served], dict[str, str]]:
+    """Every model in the store that verifies, its `graph` opened on the providers `settings.device` asks for and
+    warmed, and for each one that does not, why. Each service opens only the graph it runs: an encoder is held
+    once, by the encoder service."""
+    redaction.install()  # the worker's logging is configured by now
     store = ModelStore(settings.models, default=settings.default_model)
     providers = available_providers() if settings.device == "gpu" else [CPU]
-    models = {name: Served.of(store.load(name, providers, graphs=(graph,))) for name in store.names()}
-    for served in models.values():
-        served.warm()
-    logger.info("serving %d model(s) on %s", len(models), ", ".join(providers))
-    return models
+    loaded, refused = store.load_all(providers, graphs=(graph,))
+    models: dict[str, Served] = {}
+    for name, model in loaded.items():
+        served = Served.of(model)
+        try:
+            served.warm()
+        except Exception as error:  # onnxruntime's text names shapes and paths of its own: the type is enough
+            refused[name] = f"model '{name}' failed its warm-up run on a blank image ({type(error).__name__})"
+            continue
+        models[name] = served
+    for name, reason in sorted(refused.items()):
+        logger.warning("the model folder %s is not served: %s", name, reason)
+    return models, refused
 
 
 def on_requested_device(models: dict[str, Served], settings: Settings) -> bool:
@@ -92,7 +122,7 @@ class Encoder:
     """The image encoders of all served models behind one batchable method."""
 
     def __init__(self) -> None:
-        self.models = load_models(SETTINGS, "encoder")
+        self.models, self.refused_models = load_models(SETTINGS, "encoder")
 
     def __is_ready__(self) -> bool:
         return on_requested_device(self.models, SETTINGS)
@@ -104,13 +134,18 @@ class Encoder:
         """(C, h, w) float32 embeddings, one per job, in order; jobs from several requests arrive as one list."""
         return encode_jobs(self.models, jobs)
 
+    @bentoml.api
+    def refused(self) -> dict[str, str]:
+        """The store's folders this service refused, and why (the front serves none of them either)."""
+        return self.refused_models
+
 
 models_app = FastAPI(title="medsamix models", openapi_url=None, docs_url=None, redoc_url=None)
 
 
-@models_app.get("/models", response_model=list[ModelCard], summary="The served models and their manifests")
-def list_models(request: Request) -> list[ModelCard]:
-    return bentoml.get_current_service().model_cards()
+@models_app.get("/models", response_model=ModelList, summary="The served models, and the refused folders with why")
+def list_models(request: Request) -> ModelList:
+    return bentoml.get_current_service().model_list()
 
 
 # Uploads are taken whatever content type the client gives them (curl says application/octet-stream); the bytes
@@ -128,22 +163,52 @@ class MedSAMix:
 
     def __init__(self) -> None:
         self.settings = SETTINGS
-        self.models = load_models(SETTINGS, "decoder")
-        self.limits = Limits(max_pixels=SETTINGS.max_pixels, max_frames=SETTINGS.max_frames)
-        self.segmenter = Segmenter(
-            self.models,
-            SETTINGS.default_model,
-            self._encode,
-            EmbeddingCache(SETTINGS.cache_mb * 1024 * 1024),
-            SETTINGS.max_prompts,
+        self.models, self.refused_models = load_models(SETTINGS, "decoder")
+        self.limits = Limits(
+            max_pixels=SETTINGS.max_pixels,
+            max_frames=SETTINGS.max_frames,
+            max_decoded_pixels=SETTINGS.max_decoded_pixels,
         )
+        self.cache = EmbeddingCache(SETTINGS.cache_mb * 1024 * 1024)
+        self.segmenter = self._segmenter()
+        self._settled = False
+        self._settling = threading.Lock()
+
+    def _segmenter(self) -> Segmenter:
+        return Segmenter(self.models, SETTINGS.default_model, self._encode, self.cache, SETTINGS.max_prompts)
+
+    def _settle(self) -> bool:
+        """Take the encoder service's verdict on the store, once: a model it refused (its encoder disagrees with
+        the manifest, say) is not served here either. False while the encoder service cannot be asked yet."""
+        with self._settling:
+            if not self._settled:
+                try:
+                    refused = self.encoder.refused()
+                except Exception:  # the encoder service is still starting
+                    return False
+                for name, reason in refused.items():
+                    self.models.pop(name, None)
+                    self.refused_models.setdefault(name, reason)
+                self.segmenter = self._segmenter()
+                REFUSED_MODELS.set(len(self.refused_models))
+                self._settled = True
+            return True
 
     def __is_ready__(self) -> bool:
-        return on_requested_device(self.models, SETTINGS)
+        return self._settle() and bool(self.models) and on_requested_device(self.models, SETTINGS)
 
     def _encode(self, jobs: list[EncodeJob]) -> list[Any]:
         # The proxy's methods exist only once the encoder service is up, so they are looked up per call.
         return self.encoder.encode(jobs)
+
+    def readiness(self) -> dict[str, Any]:
+        """What /readyz answers in its body: the models served and the folders refused, with why."""
+        return {"models": sorted(self.models), "refused": dict(sorted(self.refused_models.items()))}
+
+    def model_list(self) -> ModelList:
+        self._settle()
+        refused = [RefusedModel(name=n, reason=r) for n, r in sorted(self.refused_models.items())]
+        return ModelList(models=self.model_cards(), refused=refused)
 
     def model_cards(self) -> list[ModelCard]:
         default = self.segmenter.router.default
@@ -253,12 +318,14 @@ class MedSAMix:
     def _run(
         self, file: Path, prompts: list[Prompt], model: str | None, preset: str | None
     ) -> tuple[DicomImage, Segmentation]:
-        return self._run_data(Path(file).read_bytes(), prompts, model, preset)
+        return self._run_data(Path(file), prompts, model, preset)
 
     def _run_data(
-        self, data: bytes, prompts: list[Prompt], model: str | None, preset: str | None
+        self, source: Source, prompts: list[Prompt], model: str | None, preset: str | None
     ) -> tuple[DicomImage, Segmentation]:
-        image = read_dicom(data, self.limits)
+        if not self._settle():
+            raise RequestError("the service is still starting; retry once /readyz answers 200", 503)
+        image = read_dicom(source, self.limits)
         result = self.segmenter.segment(image, prompts, model, preset)
         EMBEDDINGS.labels(source="encoder").inc(result.encoded)
         EMBEDDINGS.labels(source="cache").inc(result.cached)
@@ -309,23 +376,8 @@ class MedSAMix:
         return build_seg(image.dataset, masks, algorithm, frames=image.frames)
 
 
-class UploadsOnly(MultipartSerde):
-    """BentoML fetches a file field sent as a URL string (a request from the server on a client's behalf); this
-    service takes uploaded files only."""
-
-    @staticmethod
-    async def ensure_file(obj: str | UploadFile) -> UploadFile:
-        if isinstance(obj, UploadFile):
-            return obj
-        raise BadInput("the field 'file' must be an uploaded file (a multipart file part), not text or a URL")
-
-
-for _media_type, _serde in list(ALL_SERDE.items()):
-    if _serde is MultipartSerde:  # multipart and url-encoded forms
-        ALL_SERDE[_media_type] = UploadsOnly  # type: ignore[index]
-
 # The refusals each route can answer (all `{"error": sentence}`), published in /docs.json.
-SEGMENT_ERRORS = (400, 401, 404, 413, 415, 422)
+SEGMENT_ERRORS = (400, 401, 404, 413, 415, 422, 503)
 PACS_ERRORS = (400, 401, 403, 404, 502, 504)
 ERRORS = {
     "/segment": SEGMENT_ERRORS,
@@ -336,8 +388,13 @@ ERRORS = {
 }
 # In order from the outside in: the Guard refuses before anything reads a body; its answers are already in shape.
 MedSAMix.add_asgi_middleware(Guard, token=SETTINGS.token, max_bytes=SETTINGS.max_request_bytes)
-MedSAMix.add_asgi_middleware(OneSentence)
+MedSAMix.add_asgi_middleware(OneSentence, fields=field_names(api.input_spec for api in MedSAMix.apis.values()))
 MedSAMix.add_asgi_middleware(DocumentedErrors, errors=ERRORS, bearer=SETTINGS.token is not None)
+MedSAMix.add_asgi_middleware(Readiness, report=lambda: _readiness(bentoml.get_current_service()))
+
+
+def _readiness(service: MedSAMix | None) -> dict[str, Any] | None:
+    return None if service is None else service.readiness()
 
 
 def _answer(compute: Callable[[], T]) -> T | JSONResponse:
@@ -348,3 +405,6 @@ def _answer(compute: Callable[[], T]) -> T | JSONResponse:
     except RequestError as error:
         REFUSED.labels(status=str(int(error.status))).inc()
         return JSONResponse({"error": str(error)}, status_code=int(error.status))
+    except ClientGone:
+        ABANDONED.inc()
+        return Response(status_code=CLIENT_CLOSED)

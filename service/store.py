@@ -107,6 +107,23 @@ class ModelStore:
             infos.append(ModelInfo(name, manifest["version"], tuple(manifest["tasks"]), name == self.default))
         return infos
 
+    def load_all(
+        self, providers: Sequence[str] | None = None, graphs: Sequence[str] = GRAPHS
+    ) -> tuple[dict[str, LoadedModel], dict[str, str]]:
+        """Every model of the store that verifies and opens, and for each folder that does not, the one sentence
+        why: a broken folder (a changed byte, a missing or extra file, a bad manifest, another model's manifest) is
+        refused on its own and never keeps the others from being served."""
+        loaded: dict[str, LoadedModel] = {}
+        refused: dict[str, str] = {}
+        for name in self.names():
+            try:
+                loaded[name] = self.load(name, providers, graphs)
+            except StoreError as error:
+                refused[name] = str(error)
+            except Exception as error:  # onnxruntime refusing a graph whose hashes match: its text names paths
+                refused[name] = f"onnxruntime could not open a graph of model '{name}' ({type(error).__name__})"
+        return loaded, refused
+
     def load(
         self, name: str | None = None, providers: Sequence[str] | None = None, graphs: Sequence[str] = GRAPHS
     ) -> LoadedModel:

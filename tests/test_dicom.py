@@ -199,16 +199,6 @@ def test_frames_are_cached_and_read_only() -> None:
     assert image.values(1) is first and not first.flags.writeable
 
 
-def test_identity_follows_uid_and_pixels() -> None:
-    uid = F.uid("shared uid")
-    a = F.ct_image(HU, sop_instance_uid=uid)
-    b = F.ct_image(HU + 1, sop_instance_uid=uid)
-    assert read_dicom(a).identity == read_dicom(a).identity
-    assert read_dicom(a).identity != read_dicom(b).identity
-    assert read_dicom(a).identity != read_dicom(F.ct_image(HU, sop_instance_uid=F.uid("other uid"))).identity
-    assert re.fullmatch(r"[0-9a-f]{64}", read_dicom(a).identity)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Refusals: status, one sentence, no tag value.
 # --------------------------------------------------------------------------------------------------------------

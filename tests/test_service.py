@@ -129,7 +129,9 @@ def test_masks_equal_the_store_models_run_directly(server: LocalServer, store: P
 
 
 def test_models_lists_tasks_and_routing_follows_it(server: LocalServer) -> None:
-    cards = {c["name"]: c for c in httpx.get(server.url + "/models", headers=AUTH, timeout=10).json()}
+    listing = httpx.get(server.url + "/models", headers=AUTH, timeout=10).json()
+    assert listing["refused"] == []
+    cards = {c["name"]: c for c in listing["models"]}
     assert set(cards) == {"demo", "liver"}
     assert cards["liver"]["tasks"] == ["ct_liver"] and cards["liver"]["single_task"] and not cards["liver"]["default"]
     assert cards["demo"]["default"] and not cards["demo"]["single_task"] and len(cards["demo"]["tasks"]) == 5
@@ -263,9 +265,14 @@ def _bad_requests() -> list[tuple[str, Any, int, str]]:
         ("frame out of range", (ct, [{"box": [5, 5, 40, 40], "frame": 3}]), 400, "out of range"),
         ("too many prompts", (ct, box * 9), 413, "at most 8"),
         ("no prompts", (ct, []), 400, "at least one prompt"),
-        ("unknown model", (ct, box, "/segment", None, {"model": "nope"}), 404, "no model 'nope'"),
-        ("unknown task", (ct, [{"box": [5, 5, 40, 40], "task": "lung"}]), 400, "task 'lung'"),
-        ("unknown preset", (ct, box, "/segment", None, {"preset": "ct_sinus"}), 400, "unknown intensity preset"),
+        ("unknown model", (ct, box, "/segment", None, {"model": "nope"}), 404, "names a model this server does not"),
+        ("unknown task", (ct, [{"box": [5, 5, 40, 40], "task": "lung"}]), 400, "prompt 0 names a task no model"),
+        (
+            "unknown preset",
+            (ct, box, "/segment", None, {"preset": "ct_sinus"}),
+            400,
+            "preset this server does not know",
+        ),
         ("undecodable syntax", (files.compressed(ct, files.UNDECODABLE_SYNTAX), box), 415, "cannot be decoded"),
         ("prompts not JSON", (ct, "[{box: 1"), 400, "prompts"),
         ("prompt without box", (ct, [{"frame": 0}]), 400, "box"),
