@@ -67,6 +67,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "token": _text,
     "device": _device,
     "max_request_bytes": _positive_int,
+    "max_pacs_bytes": _positive_int,
     "max_pixels": _positive_int,
     "max_frames": _positive_int,
     "max_decoded_pixels": _positive_int,
@@ -92,6 +93,8 @@ class Settings:
     past 4096 x 4096, and 64 Mpx are 256 CT slices of 512 x 512. cache_mb: the embedding cache's size. batching,
     max_batch_size, max_latency_ms: the encoder's adaptive batching.
     dicomweb: the PACS `POST /segment/dicomweb` may call (the file `MEDSAMIX_DICOMWEB` names; none when unset).
+    max_pacs_bytes: the most one answer of a PACS may carry (an instance retrieved, a page of a listing, a STOW
+    reply); answers are read streaming and cut off past it with 502, never held whole first.
     """
 
     models: Path = Path("models")
@@ -99,6 +102,7 @@ class Settings:
     token: str | None = None
     device: str = "cpu"
     max_request_bytes: int = 256 * 1024 * 1024
+    max_pacs_bytes: int = 256 * 1024 * 1024
     max_pixels: int = Limits.max_pixels
     max_frames: int = Limits.max_frames
     max_decoded_pixels: int = Limits.max_decoded_pixels

@@ -3,11 +3,13 @@
 The allow-list is a YAML (or JSON) file named by `MEDSAMIX_DICOMWEB`: each allowed PACS has a name, its base URL
 and its credentials, so a request names a PACS by URL and never carries (or chooses) credentials, and the service
 contacts no other host. Calls go through `dicomweb-client` (QIDO-RS to list a series, WADO-RS to retrieve an
-instance as the PACS stores it, STOW-RS to store a SEG), each with the PACS's timeout and no retries.
+instance as the PACS stores it, STOW-RS to store a SEG), each with the PACS's timeout and no retries, over a
+`PacsSession`: it follows no redirect (the allow-list is final) and reads every answer streaming, up to a byte limit.
 
 Failures become `RequestError`s: 504 when the PACS did not answer in time, 404 when it has no such instance, 502
-for anything else it answered (or when it could not be reached). Their sentences name the PACS and the HTTP status,
-never a UID, a URL path or a credential; `dicomweb_client`'s own logger, which quotes UIDs, is silenced.
+for anything else it answered (a redirect, an answer past the byte limit) or when it could not be reached. Their
+sentences name the PACS and the HTTP status, never a UID, a URL or a credential; `dicomweb_client`'s own logger,
+which quotes UIDs, is silenced.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import requests
+import urllib3
 import yaml
 from dicomweb_client.api import DICOMwebClient
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -68,12 +72,12 @@ class DicomwebConfig(BaseModel):
 
     pacs: dict[str, PacsConfig]
 
-    def find(self, url: str) -> Pacs:
-        """The allowed PACS at `url`, or 403 (the URL is never contacted)."""
+    def find(self, url: str, max_bytes: int) -> Pacs:
+        """The allowed PACS at `url`, taking answers of at most `max_bytes`, or 403 (the URL is never contacted)."""
         wanted = normalize_url(url)
         for name, config in self.pacs.items():
             if normalize_url(config.url) == wanted:
-                return Pacs(name, config)
+                return Pacs(name, config, max_bytes)
         raise RequestError(
             f"expected the DICOMweb URL of a PACS this server is configured for ({len(self.pacs)} allowed), found a "
             "URL that is not on its allow-list",
@@ -94,13 +98,84 @@ def load_config(path: Path) -> DicomwebConfig:
         raise ValueError(f"{path} is not a DICOMweb allow-list ({problems})") from None
 
 
-class Pacs:
-    """One allowed PACS, called through dicomweb-client with its credentials and timeout."""
+class Redirected(Exception):
+    """A PACS answered a call with a redirect (3xx), which this server does not follow."""
 
-    def __init__(self, name: str, config: PacsConfig) -> None:
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class TooLarge(Exception):
+    """A PACS's answer was longer than the session's byte limit; the connection is closed, the rest never read."""
+
+
+class PacsSession(requests.Session):
+    """The HTTP session dicomweb-client calls one PACS through (QIDO, WADO and STOW alike, since all of its calls
+    go through `send`): it follows no redirect and holds no answer longer than `max_bytes`.
+
+    Every redirect is refused, even one that stays under the PACS's base URL: whether a Location stays "under" a URL
+    depends on how the PACS's router resolves dot segments and percent-encodings, which this side cannot know, and
+    a STOW body cannot be sent twice. A PACS that moved is one edit of the allow-list (the URL it now serves at).
+
+    The limit counts decoded bytes (a compressed answer cannot expand past it); an answer whose Content-Length
+    already says more is refused before its body is read.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        stream = kwargs.pop("stream", self.stream)
+        response = super().send(request, **{**kwargs, "allow_redirects": False, "stream": True})
+        if 300 <= response.status_code < 400:
+            response.close()
+            raise Redirected(response.status_code)
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            response.close()
+            raise TooLarge
+        response.raw = _Capped(response.raw, self.max_bytes)
+        if not stream:
+            _ = response.content  # what requests does for stream=False, here through the cap
+        return response
+
+
+class _Capped:
+    """`Response.raw` behind a byte limit: requests reads a body through `raw.stream()` (which keeps its mapping of
+    urllib3's errors to its own) and ends it with `close()` and `release_conn()`; once redirects are resolved and
+    cookies taken, nothing else of `raw` is used, so nothing else is offered (a requests that read `raw` otherwise
+    would fail loudly here, and every round trip in tests/test_dicomweb.py with it)."""
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse, max_bytes: int) -> None:
+        self.raw = raw
+        self.max_bytes = max_bytes
+
+    def stream(self, amt: int | None, decode_content: bool | None = None) -> Iterator[bytes]:
+        received = 0
+        for chunk in self.raw.stream(amt, decode_content=decode_content):
+            received += len(chunk)
+            if received > self.max_bytes:
+                self.raw.close()  # closes the connection: the PACS sends no more
+                raise TooLarge
+            yield chunk
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def release_conn(self) -> None:
+        self.raw.release_conn()
+
+
+class Pacs:
+    """One allowed PACS, called through dicomweb-client with its credentials and timeout over a `PacsSession`."""
+
+    def __init__(self, name: str, config: PacsConfig, max_bytes: int) -> None:
         self.name = name
         self.timeout = config.timeout
-        session = requests.Session()
+        self.max_bytes = max_bytes
+        session = PacsSession(max_bytes)
         if config.username is not None and config.password is not None:
             session.auth = (config.username, config.password.get_secret_value())
         headers = {"Authorization": f"Bearer {config.token.get_secret_value()}"} if config.token else None
@@ -143,6 +218,18 @@ class Pacs:
         """Maps what can go wrong while calling the PACS to 504, 404 or 502 (requests' texts quote URLs: dropped)."""
         try:
             yield
+        except Redirected as error:
+            raise RequestError(
+                f"expected PACS '{self.name}' to answer when asked to {what}, found a redirect (HTTP {error.status}), "
+                "which this server does not follow",
+                HTTPStatus.BAD_GATEWAY,
+            ) from None
+        except TooLarge:
+            raise RequestError(
+                f"expected an answer of at most {self.max_bytes} bytes (MEDSAMIX_MAX_PACS_BYTES) from PACS "
+                f"'{self.name}' when asked to {what}, found a longer one",
+                HTTPStatus.BAD_GATEWAY,
+            ) from None
         except requests.Timeout:
             raise RequestError(
                 f"PACS '{self.name}' did not answer within {self.timeout:g} s when asked to {what}",

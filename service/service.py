@@ -276,7 +276,7 @@ class MedSAMix:
                 "expected a DICOMweb allow-list on this server to call a PACS, found none (MEDSAMIX_DICOMWEB is unset)",
                 403,
             )
-        return self.settings.dicomweb.find(request.dicomweb)
+        return self.settings.dicomweb.find(request.dicomweb, self.settings.max_pacs_bytes)
 
     def _segment_dicomweb(self, request: DicomwebRequest) -> DicomwebResponse:
         pacs = self._pacs(request)

@@ -2,8 +2,9 @@
 
 One Orthanc (own config, loopback port, basic auth, storage in tmp) and one `bentoml serve` per module. The server's
 allow-list names that Orthanc with the right credentials, the same Orthanc under another host name with wrong ones,
-a port nobody listens on, and a socket that accepts connections but never answers. SEGs are read back from Orthanc's
-REST API and compared with what `POST /segment` answers for the same image and boxes.
+a port nobody listens on, a socket that accepts connections but never answers, and a fake PACS written here that
+redirects or floods as a test tells it. SEGs are read back from Orthanc's REST API and compared with what
+`POST /segment` answers for the same image and boxes. Every connection goes to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
 
@@ -34,7 +37,12 @@ INSTALL = "apt-get install -y --no-install-recommends orthanc orthanc-dicomweb"
 TOKEN = "server-token-5c1d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PACS_USER, PACS_PASSWORD, WRONG_PASSWORD = "medsamix", "pacs-password-91ab", "wrong-password-3e7f"
+FAKE_TOKEN = "fake-pacs-token-0d4e"
 SLOW_TIMEOUT = 1.5
+FAKE_TIMEOUT = 5
+MAX_PACS_BYTES = 1024 * 1024  # the server's MEDSAMIX_MAX_PACS_BYTES
+FLOOD_BYTES = 64 * 1024 * 1024  # what the fake PACS would send if nobody stopped it
+MOVED = "moved-9c2e"  # the path of every Location the fake PACS answers: in no answer or log line
 SECRETS = (
     files.PATIENT_NAME,
     files.PATIENT_ID,
@@ -42,6 +50,7 @@ SECRETS = (
     files.ACCESSION_NUMBER,
     PACS_PASSWORD,
     WRONG_PASSWORD,
+    FAKE_TOKEN,
 )
 BOX = [8, 6, 60, 50]
 
@@ -126,14 +135,131 @@ def url_of(s: socket.socket) -> str:
     return f"http://127.0.0.1:{s.getsockname()[1]}/dicom-web"
 
 
+BOUNDARY = "fake-boundary"
+PART = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+
+
+class FakePacs(ThreadingHTTPServer):
+    """An allowed PACS on a loopback port that misbehaves as the running test sets it: `redirect` answers every
+    call of one method with (status, Location); `flood` answers a GET with FLOOD_BYTES (declaring the length or
+    chunked), counting in `sent` what it wrote before the connection failed. Otherwise a GET gets `instance` as
+    WADO-RS would send it."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), FakeHandler)
+        self.plan()
+
+    def plan(
+        self, instance: bytes = b"", redirect: tuple[str, int, str] | None = None, flood: bool | None = None
+    ) -> None:
+        self.instance, self.redirect, self.flood = instance, redirect, flood
+        self.sent = 0
+        self.done = threading.Event()
+
+    @property
+    def dicomweb(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/dicom-web"
+
+
+class FakeHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that stops reading without closing does not hold a thread for ever
+    server: FakePacs
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the tests read what the fake did from its counters."""
+
+    def do_GET(self) -> None:
+        self.answer("GET")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.answer("POST")
+
+    def answer(self, method: str) -> None:
+        fake = self.server
+        if fake.redirect is not None and fake.redirect[0] == method:
+            self.send_response(fake.redirect[1])
+            self.send_header("Location", fake.redirect[2])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif fake.flood is not None:
+            self.flood(declared=fake.flood)
+        else:
+            body = PART + fake.instance + f"\r\n--{BOUNDARY}--\r\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={BOUNDARY}')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def flood(self, declared: bool) -> None:
+        """One multipart part of FLOOD_BYTES, written in 64 KiB pieces until done or the connection fails."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={BOUNDARY}')
+        self.send_header(*(("Content-Length", str(FLOOD_BYTES)) if declared else ("Transfer-Encoding", "chunked")))
+        self.end_headers()
+        piece = bytes(64 * 1024)
+        try:
+            while self.server.sent < FLOOD_BYTES:
+                data = PART + piece[len(PART) :] if self.server.sent == 0 else piece
+                self.wfile.write(data if declared else f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.server.sent += len(data)
+            if not declared:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the service closed the connection: what the test wants to see
+        finally:
+            self.server.done.set()
+
+
 @pytest.fixture(scope="module")
-def pacs_urls(orthanc: Orthanc, silent: socket.socket) -> dict[str, str]:
+def fake_pacs() -> Iterator[FakePacs]:
+    fake = FakePacs()
+    thread = threading.Thread(target=fake.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        fake.shutdown()
+        fake.server_close()
+
+
+@pytest.fixture
+def fake(fake_pacs: FakePacs) -> Iterator[FakePacs]:
+    """The fake PACS, behaving well again after each test."""
+    yield fake_pacs
+    fake_pacs.plan()
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[socket.socket]:
+    """A loopback port this test listens on, where the fake PACS's redirects point: nothing may connect to it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        s.setblocking(False)
+        yield s
+
+
+@pytest.fixture(scope="module")
+def fake_instance() -> bytes:
+    """The instance the fake PACS serves (its UIDs are planted: no answer or log line may quote them)."""
+    return files.ct_image(files.ct_hu(64, 80, 7), series_instance_uid=files.uid("fake pacs series"))
+
+
+@pytest.fixture(scope="module")
+def pacs_urls(orthanc: Orthanc, silent: socket.socket, fake_pacs: FakePacs) -> dict[str, str]:
     port = orthanc.url.rsplit(":", 1)[1]
     return {
         "orthanc": orthanc.dicomweb,
         "wrong": f"http://localhost:{port}/dicom-web",  # the same Orthanc, other credentials
         "down": f"http://127.0.0.1:{free_port()}/dicom-web",
         "slow": url_of(silent),
+        "fake": fake_pacs.dicomweb,
     }
 
 
@@ -148,6 +274,7 @@ def server(pacs_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
             "wrong": {"url": pacs_urls["wrong"], "username": PACS_USER, "password": WRONG_PASSWORD},
             "down": {"url": pacs_urls["down"], **credentials, "timeout": 5},
             "slow": {"url": pacs_urls["slow"], **credentials, "timeout": SLOW_TIMEOUT},
+            "fake": {"url": pacs_urls["fake"], "token": FAKE_TOKEN, "timeout": FAKE_TIMEOUT},
         }
     }
     (root / "dicomweb.yaml").write_text(json.dumps(allow))
@@ -157,6 +284,7 @@ def server(pacs_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         "MEDSAMIX_DICOMWEB": str(root / "dicomweb.yaml"),
         "MEDSAMIX_MAX_PROMPTS": "8",
         "MEDSAMIX_MAX_LATENCY_MS": "20",
+        "MEDSAMIX_MAX_PACS_BYTES": str(MAX_PACS_BYTES),  # Orthanc's answers here are far smaller
     }
     with serve(env, root / "serve.log") as running:
         yield running
@@ -321,6 +449,63 @@ def test_a_url_off_the_allow_list_is_refused_and_never_contacted(server, study, 
         assert "allow-list" in response.json()["error"]
     with pytest.raises(BlockingIOError):
         outsider.accept()  # nobody connected
+
+
+def fake_call(server: LocalServer, fake: FakePacs, source: bytes, call: str) -> tuple[str, tuple[str, str, str]]:
+    """What a `call` (retrieve, list, store) of `source` through the fake PACS answers, checked to be a 502 of one
+    line naming the PACS and quoting no URL, UID or credential; and the UIDs the call used."""
+    study_uid, series_uid, sop_uid = uids(source)
+    body = {"dicomweb": fake.dicomweb, "study": study_uid, "series": series_uid}
+    if call == "list":
+        response = dicomweb(server, body, "/segment/dicomweb/instances")
+    else:
+        response = dicomweb(server, {**body, "instance": sop_uid, "prompts": [{"box": BOX}]})
+    assert response.status_code == 502, response.text
+    message = response.json()["error"]
+    assert "PACS 'fake'" in message and "\n" not in message, message
+    assert not any(s in message for s in ("://", "127.0.0.1", MOVED, *SECRETS, study_uid, series_uid, sop_uid)), message
+    return message, (study_uid, series_uid, sop_uid)
+
+
+def assert_clean_log(server: LocalServer, *planted: str) -> None:
+    log = server.log.read_text(errors="replace")
+    assert not [s for s in (*SECRETS, MOVED, *planted) if s in log]
+
+
+REDIRECTS = [(call, status) for call in ("retrieve", "list", "store") for status in (301, 302, 307)]
+
+
+@pytest.mark.parametrize(("call", "status"), REDIRECTS, ids=[f"{call}-{status}" for call, status in REDIRECTS])
+def test_a_redirect_off_an_allowed_pacs_is_refused_and_never_followed(
+    server, fake, elsewhere, fake_instance, call: str, status: int
+) -> None:
+    """WADO (retrieve), QIDO (list) and STOW (store, after a retrieve that works) each meet a redirect to a port
+    this test listens on; the service answers 502 and never connects there."""
+    location = f"{url_of(elsewhere)}/{MOVED}"
+    fake.plan(instance=fake_instance, redirect=("POST" if call == "store" else "GET", status, location))
+    message, planted = fake_call(server, fake, fake_instance, call)
+    assert f"redirect (HTTP {status})" in message, message
+    with pytest.raises(BlockingIOError):
+        elsewhere.accept()  # nobody connected
+    assert_clean_log(server, *planted)
+
+
+FLOODS = [(call, declared) for call in ("retrieve", "list") for declared in (True, False)]
+
+
+@pytest.mark.parametrize(
+    ("call", "declared"), FLOODS, ids=[f"{c}-{'content-length' if d else 'chunked'}" for c, d in FLOODS]
+)
+def test_a_pacs_answer_past_the_byte_limit_is_cut_off(server, fake, fake_instance, call: str, declared: bool) -> None:
+    """A WADO or QIDO answer of FLOOD_BYTES, announced or chunked, stops being read (its connection closed) soon
+    after MAX_PACS_BYTES; the service answers 502 naming the limit and stays up."""
+    fake.plan(flood=declared)
+    message, planted = fake_call(server, fake, fake_instance, call)
+    assert f"at most {MAX_PACS_BYTES} bytes" in message, message
+    assert fake.done.wait(30), "the fake PACS was still sending 30 s after the answer"
+    assert fake.sent < FLOOD_BYTES // 4, f"the fake PACS wrote {fake.sent} bytes before the connection closed"
+    assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+    assert_clean_log(server, *planted)
 
 
 def test_openapi_describes_the_dicomweb_call(server) -> None:
