@@ -246,15 +246,20 @@ class Pacs:
             raise RequestError(
                 f"PACS '{self.name}' answered HTTP {status} when asked to {what}{meaning}", HTTPStatus.BAD_GATEWAY
             ) from None
+        except requests.JSONDecodeError:  # a RequestException too, but the PACS was reached: it answered non-JSON
+            raise self._not_dicomweb(what) from None
         except requests.RequestException as error:
             raise RequestError(
                 f"PACS '{self.name}' could not be reached to {what} ({type(error).__name__})", HTTPStatus.BAD_GATEWAY
             ) from None
         except ValueError:  # dicomweb-client's parse of an answer that is not DICOMweb
-            raise RequestError(
-                f"expected a DICOMweb answer from PACS '{self.name}' when asked to {what}, found something else",
-                HTTPStatus.BAD_GATEWAY,
-            ) from None
+            raise self._not_dicomweb(what) from None
+
+    def _not_dicomweb(self, what: str) -> RequestError:
+        return RequestError(
+            f"expected a DICOMweb answer from PACS '{self.name}' when asked to {what}, found something else",
+            HTTPStatus.BAD_GATEWAY,
+        )
 
 
 def _value(item: dict, tag: str) -> object:

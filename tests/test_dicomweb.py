@@ -142,8 +142,8 @@ PART = f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
 class FakePacs(ThreadingHTTPServer):
     """An allowed PACS on a loopback port that misbehaves as the running test sets it: `redirect` answers every
     call of one method with (status, Location); `flood` answers a GET with FLOOD_BYTES (declaring the length or
-    chunked), counting in `sent` what it wrote before the connection failed. Otherwise a GET gets `instance` as
-    WADO-RS would send it."""
+    chunked), counting in `sent` what it wrote before the connection failed; `garbage` answers a GET with text that
+    is neither DICOM JSON nor multipart. Otherwise a GET gets `instance` as WADO-RS would send it."""
 
     daemon_threads = True
 
@@ -152,9 +152,13 @@ class FakePacs(ThreadingHTTPServer):
         self.plan()
 
     def plan(
-        self, instance: bytes = b"", redirect: tuple[str, int, str] | None = None, flood: bool | None = None
+        self,
+        instance: bytes = b"",
+        redirect: tuple[str, int, str] | None = None,
+        flood: bool | None = None,
+        garbage: bool = False,
     ) -> None:
-        self.instance, self.redirect, self.flood = instance, redirect, flood
+        self.instance, self.redirect, self.flood, self.garbage = instance, redirect, flood, garbage
         self.sent = 0
         self.done = threading.Event()
 
@@ -187,6 +191,13 @@ class FakeHandler(BaseHTTPRequestHandler):
             self.end_headers()
         elif fake.flood is not None:
             self.flood(declared=fake.flood)
+        elif fake.garbage:
+            body = b"<html>a login page, not DICOMweb</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         else:
             body = PART + fake.instance + f"\r\n--{BOUNDARY}--\r\n".encode()
             self.send_response(200)
@@ -505,6 +516,14 @@ def test_a_pacs_answer_past_the_byte_limit_is_cut_off(server, fake, fake_instanc
     assert fake.done.wait(30), "the fake PACS was still sending 30 s after the answer"
     assert fake.sent < FLOOD_BYTES // 4, f"the fake PACS wrote {fake.sent} bytes before the connection closed"
     assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+    assert_clean_log(server, *planted)
+
+
+def test_an_answer_that_is_not_dicomweb_is_named_so(server, fake, fake_instance) -> None:
+    """A PACS that answers a listing with something other than DICOM JSON was reached: it is not 'unreachable'."""
+    fake.plan(garbage=True)
+    message, planted = fake_call(server, fake, fake_instance, "list")
+    assert "expected a DICOMweb answer" in message, message
     assert_clean_log(server, *planted)
 
 
