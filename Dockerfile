@@ -55,6 +55,9 @@ WORKDIR /app
 COPY service/ /app/service/
 COPY models/ /app/models/
 
+# BENTOML_HOME holds BentoML's Prometheus multiprocess files: one per server (a second server sharing it would wipe
+# and then mix this one's counters). Each container has its own; running two servers in one container, give each
+# its own BENTOML_HOME.
 ENV MEDSAMIX_MODELS=/app/models \
     MEDSAMIX_DEFAULT_MODEL=demo \
     MEDSAMIX_DEVICE=gpu \
