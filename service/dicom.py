@@ -93,6 +93,26 @@ class Limits:
     max_decoded_pixels: int = 64 * 1024 * 1024  # rows * columns summed over the frames one request decodes
 
 
+class PixelBudget:
+    """The pixels one request may decode, shared by every image it reads (a DICOMweb request reads several)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+        self._lock = threading.Lock()
+
+    def spend(self, pixels: int, what: str) -> None:
+        """Take `pixels` more, or 413 naming `what` needs them (nothing is taken then)."""
+        with self._lock:
+            if self.spent + pixels > self.limit:
+                raise RequestError(
+                    f"the request would decode {self.spent + pixels} pixels with {what}; this server decodes at most "
+                    f"{self.limit} per request",
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                )
+            self.spent += pixels
+
+
 def _syntax_label(uid: UID) -> str:
     """'<UID> (<name>)' for a well-formed UID, else a placeholder (never the element's raw value)."""
     if len(uid) > 64 or not _UID_PATTERN.fullmatch(uid):
@@ -224,12 +244,13 @@ def _check_decodable(syntax: UID) -> Decoder:
     return decoder
 
 
-def read_dicom(source: Source, limits: Limits = Limits()) -> DicomImage:
+def read_dicom(source: Source, limits: Limits = Limits(), budget: PixelBudget | None = None) -> DicomImage:
     """A DICOM Part 10 file (a path, kept until the image is no longer used, or bytes) -> a `DicomImage` whose
     header has been checked; no pixel is decoded and Pixel Data is not read here.
 
     Raises RequestError: 400 not DICOM or truncated, 422 no pixel data or an unsupported image layout, 413 over
-    `limits`, 415 a transfer syntax no installed decoder handles (or a deflated dataset).
+    `limits`, 415 a transfer syntax no installed decoder handles (or a deflated dataset). The frames the image
+    decodes are charged to `budget` (the request's; by default one of `limits.max_decoded_pixels` of its own).
     """
     open_source = _opener(source)
     ds, size = _parse(open_source)
@@ -302,7 +323,15 @@ def read_dicom(source: Source, limits: Limits = Limits()) -> DicomImage:
                 f"{rows}x{columns}x{samples} at {bits} bits, found {found}"
             )
     return DicomImage(
-        ds, decoder, open_source, pixels, limits, rows=rows, columns=columns, frames=frames, samples=samples
+        ds,
+        decoder,
+        open_source,
+        pixels,
+        budget or PixelBudget(limits.max_decoded_pixels),
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        samples=samples,
     )
 
 
@@ -341,7 +370,7 @@ class DicomImage:
         decoder: Decoder,
         open_source: Callable[[], BinaryIO],
         pixels: RawDataElement,
-        limits: Limits,
+        budget: PixelBudget,
         *,
         rows: int,
         columns: int,
@@ -354,7 +383,7 @@ class DicomImage:
         self._decoder = decoder
         self._open = open_source
         self._pixels = pixels
-        self._limits = limits
+        self._budget = budget
         self._syntax = UID(str(dataset.file_meta.TransferSyntaxUID))
         self._monochrome1 = str(dataset.PhotometricInterpretation).strip() == "MONOCHROME1"
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -362,18 +391,15 @@ class DicomImage:
         self._lock = threading.Lock()
 
     def reserve(self, frames: Collection[int]) -> None:
-        """Count `frames` (valid indices) against this image's decoding budget, or 413 before any of them is
-        decoded: what a request will decode is refused up front, not after the first frames were paid for."""
+        """Charge the frames of `frames` (valid indices) not yet decoded to the request's budget, or 413 before any
+        of them is decoded: what a request will decode is refused up front, not after the first frames were paid."""
         with self._lock:
-            wanted = self._decoded | set(frames)
-            pixels = len(wanted) * self.rows * self.columns
-            if pixels > self._limits.max_decoded_pixels:
-                raise RequestError(
-                    f"the request needs {len(wanted)} frame(s) of {self.rows}x{self.columns} decoded, {pixels} "
-                    f"pixels; this server decodes at most {self._limits.max_decoded_pixels} per request",
-                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            new = set(frames) - self._decoded
+            if new:
+                self._budget.spend(
+                    len(new) * self.rows * self.columns, f"{len(new)} more frame(s) of {self.rows}x{self.columns}"
                 )
-            self._decoded = wanted
+                self._decoded |= new
 
     def check_frame(self, frame: int) -> int:
         """`frame` as an int if it indexes a frame of this image, else 400."""

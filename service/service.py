@@ -29,7 +29,7 @@ from service import forms, redaction
 from service.cache import EmbeddingCache
 from service.cancellation import ClientGone
 from service.config import Settings
-from service.dicom import DicomImage, Limits, Source, part10, read_dicom
+from service.dicom import DicomImage, Limits, PixelBudget, Source, part10, read_dicom
 from service.dicomweb import Pacs
 from service.errors import RequestError
 from service.http import DocumentedErrors, Guard, OneSentence, Readiness
@@ -289,9 +289,10 @@ class MedSAMix:
                 413,
             )
         segs, instances = [], []
+        budget = PixelBudget(self.limits.max_decoded_pixels)  # one for the whole request, however many instances
         for uid, prompts in work:
             data = pacs.retrieve(request.study, request.series, uid)
-            image, result = self._run_data(data, prompts, request.model, request.preset)
+            image, result = self._run_data(data, prompts, request.model, request.preset, budget)
             seg = self._segmentation(image, result)
             segs.append(seg)
             stored = StoredSeg(study=seg.StudyInstanceUID, series=seg.SeriesInstanceUID, instance=seg.SOPInstanceUID)
@@ -321,11 +322,16 @@ class MedSAMix:
         return self._run_data(Path(file), prompts, model, preset)
 
     def _run_data(
-        self, source: Source, prompts: list[Prompt], model: str | None, preset: str | None
+        self,
+        source: Source,
+        prompts: list[Prompt],
+        model: str | None,
+        preset: str | None,
+        budget: PixelBudget | None = None,
     ) -> tuple[DicomImage, Segmentation]:
         if not self._settle():
             raise RequestError("the service is still starting; retry once /readyz answers 200", 503)
-        image = read_dicom(source, self.limits)
+        image = read_dicom(source, self.limits, budget)
         result = self.segmenter.segment(image, prompts, model, preset)
         EMBEDDINGS.labels(source="encoder").inc(result.encoded)
         EMBEDDINGS.labels(source="cache").inc(result.cached)

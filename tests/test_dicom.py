@@ -18,7 +18,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from service.dicom import DicomImage, Limits, default_preset, read_dicom
+from service.dicom import DicomImage, Limits, PixelBudget, default_preset, read_dicom
 from service.errors import RequestError
 from service.imaging import PRESETS, Window, to_uint8
 from tests import dicomfiles as F
@@ -289,6 +289,23 @@ def test_limits_are_configurable_and_checked_before_pixels_are_touched() -> None
     start = time.perf_counter()
     refuse(F.with_changes(CT, Rows=65535, Columns=65535, NumberOfFrames=2000), 413, "pixels per frame")
     assert time.perf_counter() - start < 1.0
+
+
+def test_decoded_pixels_are_bounded_per_request_across_its_images() -> None:
+    frame = HU.size  # 64 x 80
+    multi = read_dicom(F.multiframe(FRAMES), Limits(max_decoded_pixels=2 * frame))
+    multi.reserve({0, 1})
+    multi.values(1)  # reserved already: free
+    with pytest.raises(RequestError, match=f"decodes at most {2 * frame} per request") as caught:
+        multi.values(2)
+    assert caught.value.status == 413
+    budget = PixelBudget(3 * frame)  # a DICOMweb request: several instances, one budget
+    first, second = read_dicom(CT, budget=budget), read_dicom(F.multiframe(FRAMES), budget=budget)
+    first.values(0)
+    second.reserve({0, 1})
+    with pytest.raises(RequestError, match="1 more frame"):
+        second.values(2)
+    assert budget.spent == 3 * frame
 
 
 def test_frame_and_preset_errors() -> None:
