@@ -12,8 +12,10 @@ not the whole file. The work is bounded by what is decoded, not by bytes: pixels
 header and, for JPEG-family codestreams, against the size the codestream itself declares) and pixels decoded per
 request.
 
-`DicomImage.values` decodes one frame through pydicom's decoders (plus the Modality LUT); `DicomImage.display`
-turns it into the uint8 image the encoder sees, through `service.imaging`'s presets or the file's own VOI.
+`DicomImage.values` decodes one frame through pydicom's decoders (plus the Modality LUT, or the palette of a
+PALETTE COLOR image); `DicomImage.display` turns it into the uint8 image the encoder sees, through
+`service.imaging`'s presets or the file's own VOI. 12-bit JPEG Extended, which pydicom's GDCM plugin refuses, is
+decoded by GDCM through `service.jpeg12`.
 """
 
 from __future__ import annotations
@@ -30,34 +32,32 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, as_pixel_options, get_decoder
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, as_pixel_options, get_decoder
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import BaseTag
-from pydicom.uid import (
-    UID,
-    AllTransferSyntaxes,
-    DeflatedExplicitVRLittleEndian,
-)
+from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
 
 from service import cancellation, codestreams
 from service.errors import RequestError
 from service.imaging import ImagingError, Window, to_uint8
 
-__all__ = ["DicomImage", "Limits", "default_preset", "part10", "read_dicom"]
+__all__ = ["DicomImage", "Limits", "check_per_frame_groups", "default_preset", "part10", "read_dicom"]
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# One sample per pixel indexing the image's own red, green and blue LUTs: decoded to RGB and then treated as colour.
+_PALETTE = "PALETTE COLOR"
 # Colour interpretations that pydicom (YBR_FULL, YBR_FULL_422) or the JPEG 2000 codec (YBR_ICT, YBR_RCT) decode to RGB.
 _COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 # Every standard photometric interpretation: a keyword from this list may appear in a message, anything else not.
 _KNOWN_PHOTOMETRIC = (
     *_MONOCHROME,
     *_COLOR,
-    "PALETTE COLOR",
+    _PALETTE,
     "YBR_PARTIAL_420",
     "YBR_PARTIAL_422",
     "HSV",
@@ -76,6 +76,8 @@ _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 # pydicom warns about (and logs) a malformed element by quoting its value; no patient data may reach the service's
 # logs, so reading validation is off for the process (the checks below refuse what the service cannot use).
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+# pydicom's GDCM and Pillow plugins refuse 12-bit JPEG Extended; GDCM itself decodes it (see service/jpeg12.py).
+get_decoder(JPEGExtended12Bit).add_plugin("gdcm-12-bit", ("service.jpeg12", "decode_frame"))
 
 
 PIXEL_DATA = 0x7FE00010
@@ -121,9 +123,12 @@ def _syntax_label(uid: UID) -> str:
 
 
 def _decodable_syntaxes() -> list[UID]:
-    """The standard transfer syntaxes the installed pydicom decoder plugins can decode."""
+    """The standard transfer syntaxes the installed pydicom decoder plugins can decode (a deflated dataset is not
+    inflated: see `_parse`)."""
     decodable = []
     for uid in AllTransferSyntaxes:
+        if uid == DeflatedExplicitVRLittleEndian:
+            continue
         try:
             if get_decoder(uid).is_available:
                 decodable.append(uid)
@@ -193,21 +198,27 @@ def _parse(open_source: Callable[[], BinaryIO]) -> tuple[Dataset, int]:
 
 
 def _truncated(ds: Dataset, size: int) -> bool:
-    """Whether the file ended inside an element (pydicom keeps a short value, or a deferred one it has not read,
-    without complaint).
+    """Whether the `size`-byte file ended inside an element (pydicom keeps the short value without complaint).
 
     A truncated encapsulated (undefined-length) Pixel Data element makes pydicom drop the dataset, so an empty
-    dataset counts as truncated too. Only the last element can be cut short; it is checked while still raw, from
-    where its value starts and the length it declares, without reading it.
+    dataset counts as truncated too. Only the element read last can be cut short: the one that starts last in the
+    file, which need not have the largest tag (a malformed file can put any element after Pixel Data). Its declared
+    length is compared with the bytes the file holds for it, without converting or loading any value (`get_item`
+    would read a deferred one): the raw bytes pydicom read, or, for a value it deferred (not read, because long), the
+    bytes from the value's offset to the end of the file.
     """
     if len(ds) == 0:
         return True
-    last = ds.get_item(max(ds.keys()), keep_deferred=True)
-    return (
-        isinstance(last, RawDataElement)
-        and last.length != 0xFFFFFFFF  # undefined length
-        and last.value_tell + last.length > size
-    )
+    last = max((ds.get_item(tag, keep_deferred=True) for tag in ds.keys()), key=_value_offset)
+    if not isinstance(last, RawDataElement) or last.length == 0xFFFFFFFF:  # undefined length: read to its delimiter
+        return False
+    held = size - last.value_tell if last.value is None else len(last.value)
+    return held < last.length
+
+
+def _value_offset(element: RawDataElement | DataElement) -> int:
+    """Where `element`'s value starts in the file pydicom read it from."""
+    return element.value_tell if isinstance(element, RawDataElement) else element.file_tell
 
 
 def _integer(ds: Dataset, keyword: str, default: int | None = None) -> int:
@@ -288,7 +299,7 @@ def read_dicom(source: Source, limits: Limits = Limits(), budget: PixelBudget | 
     bits_stored = _integer(ds, "BitsStored")
     representation = _integer(ds, "PixelRepresentation")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    expected_photometric = _MONOCHROME if samples == 1 else _COLOR if samples == 3 else None
+    expected_photometric = (*_MONOCHROME, _PALETTE) if samples == 1 else _COLOR if samples == 3 else None
     if expected_photometric is None:
         raise RequestError(
             f"the DICOM image has {samples} samples per pixel; expected 1 (monochrome) or 3 (colour)",
@@ -343,6 +354,20 @@ def part10(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def check_per_frame_groups(ds: Dataset, frames: int) -> None:
+    """422 unless an enhanced multi-frame image has one PerFrameFunctionalGroupsSequence item per frame (PS3.3
+    C.7.6.16.1): item i holds frame i's Modality LUT and VOI here, and its geometry in a SEG (`service.seg`), so a
+    missing or an extra item would pair frames with attributes that are not theirs. Images without the sequence
+    pass."""
+    items = ds.get("PerFrameFunctionalGroupsSequence")
+    if items is not None and len(items) != frames:
+        raise RequestError(
+            f"the DICOM image has {len(items)} PerFrameFunctionalGroupsSequence item(s) for {frames} frame(s) "
+            "(NumberOfFrames); expected one item per frame",
+            HTTPStatus.UNPROCESSABLE_ENTITY,
+        )
+
+
 def _functional_group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
     """The first item of an enhanced multi-frame functional group for `frame` (per-frame first, then shared), or
     None when the file has no such group (classic single-frame IODs keep those attributes at the top level)."""
@@ -361,7 +386,7 @@ class DicomImage:
     rows: int
     columns: int
     frames: int
-    samples: int  # samples per pixel: 1 (monochrome) or 3 (RGB once decoded)
+    samples: int  # samples per pixel once decoded: 1 (monochrome) or 3 (RGB, palette colour included)
     modality: str  # '' when absent; display defaults only, never in a message
 
     def __init__(
@@ -378,7 +403,8 @@ class DicomImage:
         samples: int,
     ):
         self.dataset = dataset
-        self.rows, self.columns, self.frames, self.samples = rows, columns, frames, samples
+        self._palette = str(dataset.PhotometricInterpretation).strip() == _PALETTE
+        self.rows, self.columns, self.frames, self.samples = rows, columns, frames, 3 if self._palette else samples
         self.modality = str(dataset.get("Modality", "") or "")
         self._decoder = decoder
         self._open = open_source
@@ -414,7 +440,8 @@ class DicomImage:
 
     def values(self, frame: int) -> np.ndarray:
         """One frame, read-only: monochrome -> HxW float64 after the Modality LUT (rescale slope/intercept, or the
-        Modality LUT Sequence; per frame for enhanced multi-frame IODs); colour -> HxWx3 uint8 RGB."""
+        Modality LUT Sequence; per frame for enhanced multi-frame IODs), finite (else 422, whatever the display path
+        later); colour -> HxWx3 uint8 RGB (a palette colour frame through its palette)."""
         frame = self.check_frame(frame)
         with self._lock:
             if frame in self._cache:
@@ -430,6 +457,7 @@ class DicomImage:
 
     def _decode(self, frame: int) -> np.ndarray:
         cancellation.check()
+        check_per_frame_groups(self.dataset, self.frames)
         self.reserve((frame,))
         options = as_pixel_options(self.dataset)
         with self._open() as stream:
@@ -447,6 +475,8 @@ class DicomImage:
                 )
             except Exception:  # a plugin's failure on a corrupt stream; its text is not ours to forward
                 raise self._corrupt(frame) from None
+        if self._palette:
+            return self._palette_rgb(array)
         if self.samples == 3:
             decoded = str(meta.get("photometric_interpretation", ""))
             if decoded != "RGB":
@@ -458,13 +488,34 @@ class DicomImage:
             return np.ascontiguousarray(array, dtype=np.uint8)
         transform = _functional_group(self.dataset, frame, "PixelValueTransformationSequence") or self.dataset
         try:
-            values = apply_modality_lut(array, transform)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, not warned about
+                values = np.asarray(apply_modality_lut(array, transform), dtype=np.float64)
         except Exception:  # a malformed Modality LUT Sequence
             raise RequestError(
                 "the image's Modality LUT could not be applied; expected a valid rescale or Modality LUT Sequence",
                 HTTPStatus.UNPROCESSABLE_ENTITY,
             ) from None
-        return np.asarray(values, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise RequestError(
+                f"frame {frame} has NaN or infinite values after the Modality LUT; expected a rescale slope and "
+                "intercept (or a Modality LUT) that give finite intensities",
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+            )
+        return values
+
+    def _palette_rgb(self, indices: np.ndarray) -> np.ndarray:
+        """A PALETTE COLOR frame's HxW indices -> HxWx3 uint8 RGB through the image's red, green and blue LUTs
+        (pydicom's `apply_color_lut`); entries of 16 bits (the descriptor's third value) keep their high byte."""
+        try:
+            rgb = apply_color_lut(indices, self.dataset)[..., :3]  # an alpha LUT, if any, is not shown
+            bits = int(self.dataset.RedPaletteColorLookupTableDescriptor[2])
+        except Exception:  # no palette, or LUT descriptors and data that disagree; pydicom's text may quote values
+            raise RequestError(
+                "the image's palette could not be applied; expected red, green and blue Palette Color Lookup Table "
+                "descriptors and data of 8 or 16 bits per entry",
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+            ) from None
+        return np.ascontiguousarray(rgb >> 8 if bits == 16 and rgb.dtype == np.uint16 else rgb, dtype=np.uint8)
 
     def _check_codestream(self, stream: BinaryIO, frame: int, options: dict[str, Any]) -> None:
         """422 unless frame `frame`'s codestream declares the header's Rows x Columns (what the decoder allocates

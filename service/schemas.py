@@ -6,8 +6,27 @@ import typing
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from typing_extensions import TypedDict
+
+SEGMENT_LABEL_CHARS = 64  # a DICOM SegmentLabel is an LO
+
+
+def check_segment_label(label: str) -> str:
+    """`label` if a DICOM SegmentLabel (an LO) can hold it, else ValueError: 1 to 64 printable characters (no
+    control characters), none a backslash (LO's value separator). The one rule for the prompts of every route and for
+    the SEG builder, so a label `/segment` takes is one `/segment/seg` can write; the message never quotes the label."""
+    if not 0 < len(label) <= SEGMENT_LABEL_CHARS:
+        found = f"{len(label)} characters"
+    elif "\\" in label:
+        found = "a backslash"
+    elif not label.isprintable():
+        found = "a control or other non-printable character"
+    else:
+        return label
+    raise ValueError(
+        f"expected a label of 1 to {SEGMENT_LABEL_CHARS} printable characters without a backslash, found {found}"
+    )
 
 
 class Prompt(BaseModel):
@@ -18,8 +37,10 @@ class Prompt(BaseModel):
 
     box: tuple[float, float, float, float] = Field(description="XYXY: x0, y0, x1, y1 with x0 < x1 and y0 < y1")
     frame: int = Field(0, ge=0, description="frame index of a multi-frame image (0 for single-frame images)")
-    label: str | None = Field(
-        None, max_length=64, description="segment label (the SEG's segment name); default: the task, else 'segment'"
+    label: Annotated[str, AfterValidator(check_segment_label)] | None = Field(
+        None,
+        description=f"segment label (the SEG's segment name): 1 to {SEGMENT_LABEL_CHARS} printable characters without "
+        "a backslash; default: the task, else 'segment'",
     )
     task: str | None = Field(
         None,

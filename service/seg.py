@@ -7,11 +7,15 @@ request label, in order of first appearance; the masks of one label on one frame
 Supported sources: single-frame images (CT, MR, secondary capture, ...) and *enhanced* multi-frame images (a
 frame of reference and per-frame functional groups, e.g. Enhanced CT/MR or legacy-converted enhanced images).
 Classic multi-frame images (RT Dose, multi-frame secondary capture, cine ultrasound) have no per-frame geometry
-highdicom can reference, and are refused with a 422.
+highdicom can reference, and are refused with a 422. So is an enhanced image whose functional groups do not give
+highdicom what it copies (one per-frame item per frame, a shared orientation and pixel spacing, a distinct position
+per frame): `build_seg` checks those rules before highdicom runs and names the attribute, never its value.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -19,11 +23,14 @@ from http import HTTPStatus
 import highdicom as hd
 import numpy as np
 import pydicom
+from highdicom.spatial import get_image_coordinate_system, get_normal_vector
 from pydicom.datadict import tag_for_keyword
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from service.dicom import check_per_frame_groups
 from service.errors import RequestError
+from service.schemas import check_segment_label
 
 __all__ = ["Algorithm", "SegmentMask", "build_seg"]
 
@@ -34,7 +41,11 @@ INSTANCE_NUMBER = 1
 # What a segment is, for a viewer: the label says which structure; the coded concepts only say "some tissue".
 PROPERTY_CATEGORY = codes.SCT.Tissue
 PROPERTY_TYPE = codes.SCT.Tissue
-LABEL_MAX_CHARS = 64  # SegmentLabel is an LO
+
+# highdicom warns and logs about a source's values by quoting them (a patient name without '^', duplicated UIDs); no
+# value from a DICOM file may reach the service's logs, so its loggers (one per module, children of this one) are
+# silenced here and its warnings are ignored by `_quiet_highdicom` before each build.
+logging.getLogger("highdicom").setLevel(logging.CRITICAL + 1)
 
 
 @dataclass(frozen=True)
@@ -65,12 +76,8 @@ def build_seg(
     source_frames = int(source.get("NumberOfFrames") or 1)
     if frames != source_frames:
         raise ValueError(f"expected frames to equal the source's {source_frames} frames, found {frames}")
-    if frames > 1 and not _is_enhanced(source):
-        raise RequestError(
-            "expected a single-frame or an enhanced multi-frame source image (a frame of reference and per-frame "
-            "functional groups), found a classic multi-frame image, which a DICOM SEG cannot reference",
-            HTTPStatus.UNPROCESSABLE_ENTITY,
-        )
+    _check_source(source, frames)
+    _quiet_highdicom()
     labels, pixels = _stack(masks, rows=int(source.Rows), columns=int(source.Columns), frames=frames)
     identification = hd.AlgorithmIdentificationSequence(
         name=f"{MANUFACTURER} {algorithm.name}",
@@ -123,6 +130,71 @@ def build_seg(
     return seg
 
 
+def _quiet_highdicom() -> None:
+    """Ignore highdicom's warnings (they quote source values). Installed per call, not once at import: an import
+    inside `warnings.catch_warnings` would lose a module-level filter on leaving it, and re-adding is idempotent
+    (`filterwarnings` replaces an equal entry), unlike a `catch_warnings` block, which is not thread-safe."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom\.")
+
+
+def _check_source(source: pydicom.Dataset, frames: int) -> None:
+    """Refuse (422) a source whose frames a DICOM SEG cannot reference, by the rule highdicom would break on.
+
+    highdicom derives a SEG's geometry from a multi-frame source's functional groups: the pixel measures and the
+    plane orientation from the shared item, one plane position from each per-frame item, and it sorts the frames
+    along the slice normal, so every frame needs a position of its own. A single frame without a position is
+    referenced as a whole; attributes the SEG only copies (patient, study, ...) are named when highdicom misses them.
+    """
+    if frames > 1 and not _is_enhanced(source):
+        raise _unreferenceable(
+            "expected a single-frame or an enhanced multi-frame source image (a frame of reference and per-frame "
+            "functional groups), found a classic multi-frame image, which a DICOM SEG cannot reference"
+        )
+    if "PerFrameFunctionalGroupsSequence" not in source:
+        return
+    check_per_frame_groups(source, frames)
+    shared = source.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()]
+    if not shared[0].get("PixelMeasuresSequence"):
+        raise _unreferenceable(_lacks_shared("PixelMeasuresSequence"))
+    system = get_image_coordinate_system(source)
+    if system == hd.CoordinateSystemNames.SLIDE or (system is None and frames == 1):
+        return
+    if not shared[0].get("PlaneOrientationSequence"):
+        raise _unreferenceable(_lacks_shared("PlaneOrientationSequence"))
+    items = source.PerFrameFunctionalGroupsSequence
+    for index, item in enumerate(items):
+        if "ImagePositionPatient" not in (item.get("PlanePositionSequence") or [pydicom.Dataset()])[0]:
+            raise _unreferenceable(
+                "expected a PlanePositionSequence with an ImagePositionPatient in each "
+                f"PerFrameFunctionalGroupsSequence item of the source image, found frame {index} without one"
+            )
+    try:
+        normal = get_normal_vector(shared[0].PlaneOrientationSequence[0].ImageOrientationPatient)
+        positions = np.array([item.PlanePositionSequence[0].ImagePositionPatient for item in items], np.float64)
+        distances = positions @ normal
+    except (AttributeError, TypeError, ValueError):  # not six and three numbers
+        raise _unreferenceable(
+            "expected the source image's ImageOrientationPatient and ImagePositionPatient to be six and three "
+            "numbers, found other values or none"
+        ) from None
+    if len(np.unique(distances)) < frames:
+        raise _unreferenceable(
+            "expected each frame of the source image at its own position along the slice normal "
+            "(PlanePositionSequence), found frames that share one, which a DICOM SEG cannot tell apart"
+        )
+
+
+def _lacks_shared(keyword: str) -> str:
+    return (
+        f"expected the source image's SharedFunctionalGroupsSequence to hold a {keyword} (a DICOM SEG shares one "
+        "over its frames), found none"
+    )
+
+
+def _unreferenceable(sentence: str) -> RequestError:
+    return RequestError(sentence, HTTPStatus.UNPROCESSABLE_ENTITY)
+
+
 def _is_enhanced(source: pydicom.Dataset) -> bool:
     """Whether a multi-frame source carries the per-frame geometry a SEG's frame references need."""
     return all(
@@ -151,12 +223,12 @@ def _stack(masks: Sequence[SegmentMask], *, rows: int, columns: int, frames: int
 
 
 def _check_label(label: str, index: int) -> None:
-    """A SegmentLabel is an LO: 1..64 characters, no backslash, no control characters."""
-    if not (isinstance(label, str) and 0 < len(label) <= LABEL_MAX_CHARS and "\\" not in label and label.isprintable()):
-        raise RequestError(
-            f"expected mask {index}'s label to be 1 to {LABEL_MAX_CHARS} printable characters without a backslash, "
-            "found something else"
-        )
+    """The request schema's SegmentLabel rule (`service.schemas.check_segment_label`), for callers that build
+    masks themselves."""
+    try:
+        check_segment_label(label)
+    except ValueError as error:
+        raise RequestError(f"mask {index}'s label cannot be a DICOM segment label: {error}") from None
 
 
 def _lacks(keyword: str) -> RequestError:

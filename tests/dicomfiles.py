@@ -1,20 +1,23 @@
-"""Real DICOM files for the tests: CT, multi-frame, RGB, compressed and undecodable, written with pydicom 3.
+"""Real DICOM files for the tests: CT, multi-frame, RGB, palette colour, compressed and undecodable, written with
+pydicom 3.
 
 Every file carries the Patient, Study, Series, Equipment, Frame of Reference, Image Plane and Image Pixel module
 attributes highdicom's `Segmentation` needs of a source image, so the service's SEG tests can use them as they are.
 UIDs are derived from the pixels and a name (seeded, so two runs write the same bytes). The patient and study
 values are recognisable strings (`PATIENT_NAME`, `PATIENT_ID`, ...) so a test can assert that no error message
-quotes them.
+quotes them; `marked` plants another set (a patient name without '^', which highdicom warns about by quoting it)
+into any file.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from io import BytesIO
 
 import numpy as np
 import pydicom
-from highdicom.legacy import LegacyConvertedEnhancedCTImage
+from highdicom.legacy import LegacyConvertedEnhancedCTImage, LegacyConvertedEnhancedMRImage
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -26,6 +29,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
+    MRImageStorage,
     RLELossless,
     SecondaryCaptureImageStorage,
     generate_uid,
@@ -37,6 +41,14 @@ PATIENT_NAME = "Doe^Jane^Secret"
 PATIENT_ID = "PID-7f3a9c"
 STUDY_DESCRIPTION = "Confidential abdomen study"
 ACCESSION_NUMBER = "ACC-55219"
+#: Values `marked` writes into a file; the patient name has no '^' on purpose (see the module docstring).
+MARKERS = {
+    "PatientName": "Quokka7Marker",
+    "PatientID": "PID-MARK-41d7",
+    "StudyDescription": "Marker study 9e2b",
+    "AccessionNumber": "ACC-MARK-30c5",
+    "InstitutionName": "Marker Institute 6a1f",
+}
 
 #: The lossless syntaxes `compressed` can write with the encoders installed here (RLE: pydicom's own encoder;
 #: JPEG 2000: pylibjpeg-openjpeg; JPEG-LS: pyjpegls).
@@ -192,6 +204,56 @@ def multiframe(frames: np.ndarray, **kwargs: object) -> bytes:
     return to_bytes(multiframe_dataset(frames, **kwargs))
 
 
+def enhanced_mr_dataset(frames: np.ndarray) -> Dataset:
+    """A Legacy Converted Enhanced MR Image of `frames` (FxHxW uint16, 1 mm apart; frame i is `frames[i]`),
+    converted by highdicom from F single-frame MR datasets: per-frame positions, shared orientation and pixel
+    measures, as an enhanced MR from a scanner has them."""
+    frames = np.asarray(frames, np.uint16)
+    series = uid("enhanced mr series", frames.tobytes())
+    slices = []
+    for i, frame in enumerate(frames):
+        ds = _image_dataset(
+            MRImageStorage,
+            "MR",
+            *frame.shape,
+            sop_instance_uid=uid("mr", frames.tobytes(), i),
+            series_instance_uid=series,
+            instance_number=i + 1,
+            z=-float(i),  # highdicom orders frames by decreasing z
+        )
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
+        ds.set_pixel_data(frame, "MONOCHROME2", 16)
+        slices.append(ds)
+    return LegacyConvertedEnhancedMRImage(
+        slices,
+        series_instance_uid=series,
+        series_number=3,
+        sop_instance_uid=uid("enhanced mr", series),
+        instance_number=1,
+    )
+
+
+def palette_dataset(indices: np.ndarray, lut: np.ndarray) -> Dataset:
+    """A PALETTE COLOR Secondary Capture dataset: `indices` (HxW uint8 or uint16, bits allocated from the dtype)
+    into `lut` (Nx3 red, green, blue entries; uint8 for 8-bit entries, uint16 for 16-bit ones), first index 0."""
+    indices, lut = np.asarray(indices), np.asarray(lut)
+    ds = _image_dataset(
+        SecondaryCaptureImageStorage,
+        "OT",
+        *indices.shape,
+        sop_instance_uid=uid("palette", indices.tobytes(), lut.tobytes()),
+        series_instance_uid=uid("palette series", PATIENT_ID),
+    )
+    ds.ConversionType = "WSD"
+    ds.set_pixel_data(indices, "PALETTE COLOR", 8 * indices.itemsize)
+    entries = len(lut) % 65536  # 0 means 65536 entries
+    for channel, colour in enumerate(("Red", "Green", "Blue")):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [entries, 0, 8 * lut.itemsize])
+        data = np.ascontiguousarray(lut[:, channel], dtype=lut.dtype.newbyteorder("<"))
+        setattr(ds, f"{colour}PaletteColorLookupTableData", data.tobytes())
+    return ds
+
+
 def rgb_dataset(pixels: np.ndarray) -> Dataset:
     """A Secondary Capture Image Storage dataset of `pixels` (HxWx3 uint8, RGB, planar configuration 0)."""
     pixels = np.asarray(pixels, np.uint8)
@@ -245,6 +307,32 @@ def testdata(name: str) -> bytes:
         raise FileNotFoundError(f"pydicom's test data has no file {name!r}")
     with open(path, "rb") as f:
         return f.read()
+
+
+def with_voi_lut(source: bytes, table: np.ndarray, first: int = 0) -> bytes:
+    """`source` with a one-item VOI LUT Sequence mapping stored value `first` + i to `table[i]` (uint16)."""
+    ds = read(source)
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [len(table), first, 16])
+    item.add_new("LUTData", "OW", np.asarray(table, "<u2").tobytes())
+    ds.VOILUTSequence = [item]
+    return to_bytes(ds)
+
+
+def marked(source: bytes) -> bytes:
+    """`source` with the `MARKERS` values written in (a test asserts none of them comes back or is logged)."""
+    return with_changes(source, **MARKERS)
+
+
+def append_element(source: bytes, tag: int, vr: str, length: int, value: bytes = b"") -> bytes:
+    """`source` (explicit VR little endian) with one more data element at its end, after Pixel Data: `tag`, `vr`
+    and a declared `length` that `value` may fall short of (a file cut inside that element)."""
+    header = struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr.encode())
+    if vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"):
+        header += struct.pack("<HI", 0, length)  # 32-bit length after two reserved bytes
+    else:
+        header += struct.pack("<H", length)
+    return source + header + value
 
 
 def with_changes(source: bytes, *, delete: Sequence[str] = (), **values: object) -> bytes:

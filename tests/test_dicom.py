@@ -7,18 +7,39 @@ with numpy, the Modality LUT is stored * slope + intercept from the tags, and di
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 
-from service.dicom import DicomImage, Limits, PixelBudget, default_preset, read_dicom
+from service.dicom import DicomImage, Limits, PixelBudget, _decodable_syntaxes, _truncated, default_preset, read_dicom
 from service.errors import RequestError
 from service.imaging import PRESETS, Window, to_uint8
 from tests import dicomfiles as F
@@ -254,7 +275,11 @@ REFUSALS: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "huge frame": (lambda: F.with_changes(CT, Rows=60000, Columns=60000), 413, "3600000000 pixels"),
     "too many frames": (lambda: F.with_changes(CT, NumberOfFrames=100_000), 413, "100000 frames"),
     "two samples": (lambda: F.with_changes(CT, SamplesPerPixel=2), 422, "2 samples per pixel"),
-    "palette colour": (lambda: F.with_changes(CT, PhotometricInterpretation="PALETTE COLOR"), 422, "PALETTE COLOR"),
+    "palette colour without a palette": (
+        lambda: F.with_changes(CT, PhotometricInterpretation="PALETTE COLOR"),
+        422,
+        "palette could not be applied",
+    ),
     "photometric holding a name": (
         lambda: F.with_changes(CT, PhotometricInterpretation=F.PATIENT_NAME),
         422,
@@ -267,8 +292,54 @@ REFUSALS: dict[str, tuple[Callable[[], bytes], int, str]] = {
     "mpeg2": (lambda: F.compressed(CT, F.UNDECODABLE_SYNTAX), 415, "1.2.840.10008.1.2.4.100 (MPEG2"),
     "unknown syntax": (lambda: F.with_changes(CT, TransferSyntaxUID="1.2.3.4.5"), 415, "1.2.3.4.5"),
     "corrupt rle": (lambda: F.junk_frames(CT, RLELossless), 400, "frame 0 could not be decoded"),
+    "corrupt 12-bit jpeg": (
+        lambda: F.junk_frames(F.testdata("JPGExtended.dcm"), JPEGExtended12Bit),
+        400,
+        "frame 0 could not be decoded",
+    ),
+    # An element after Pixel Data whose declared length runs past the end of the file.
+    "over-long padding after pixel data": (
+        lambda: F.append_element(CT, 0xFFFCFFFC, "OB", 1000, bytes(10)),
+        400,
+        "truncated",
+    ),
+    "huge (not undefined) length after pixel data": (
+        lambda: F.append_element(CT, 0xFFFCFFFC, "OB", 0xFFFFFFF0, bytes(10)),
+        400,
+        "truncated",
+    ),
+    "over-long private element after pixel data": (
+        lambda: F.append_element(CT, 0x7FE11001, "UN", 0x7FFFFFFF, b"ABCD"),
+        400,
+        "truncated",
+    ),
+    "over-long element with a smaller tag after pixel data": (
+        lambda: F.append_element(CT, 0x00091001, "OB", 1000, b"AB"),
+        400,
+        "truncated",
+    ),
+    "over-long short-length element with a smaller tag after pixel data": (
+        lambda: F.append_element(CT, 0x00100010, "PN", 100, b"AB"),
+        400,
+        "truncated",
+    ),
+    "per-frame groups for fewer frames": (
+        lambda: F.to_bytes(_drop_per_frame_items(F.multiframe_dataset(FRAMES), keep=1)),
+        422,
+        "1 PerFrameFunctionalGroupsSequence item(s) for 3 frame(s)",
+    ),
+    "per-frame groups for more frames (pydicom's liver_1frame.dcm)": (
+        lambda: F.testdata("liver_1frame.dcm"),
+        422,
+        "3 PerFrameFunctionalGroupsSequence item(s) for 1 frame(s)",
+    ),
     "corrupt jpeg 2000": (lambda: F.junk_frames(CT, JPEG2000Lossless), 400, "frame 0 could not be decoded"),
 }
+
+
+def _drop_per_frame_items(ds: Dataset, keep: int) -> Dataset:
+    del ds.PerFrameFunctionalGroupsSequence[keep:]
+    return ds
 
 
 @pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
@@ -327,3 +398,182 @@ def test_invalid_file_window_is_refused_not_guessed() -> None:
     assert caught.value.status == 422 and "pass an intensity preset" in str(caught.value)
     assert_clean_sentence(caught.value)
     np.testing.assert_array_equal(image.display(0, "ct_abdomen"), to_uint8(HU, "ct_abdomen"))
+
+
+def test_truncation_is_judged_without_the_values_pydicom_defers(tmp_path: Path) -> None:
+    """A value pydicom defers (not read, because long: how an upload read lazily from a file holds Pixel Data) still
+    counts: the element's declared length against the bytes from its offset to the end of the file."""
+    over_long = F.append_element(CT, 0xFFFCFFFC, "OB", 0xFFFFFFF0, bytes(10))
+    for data, truncated in ((CT, False), (CT[:-1], True), (over_long, True)):
+        path = tmp_path / "upload.dcm"
+        path.write_bytes(data)
+        deferred = pydicom.dcmread(path, defer_size=256)
+        last = deferred.get_item(0xFFFCFFFC if data is over_long else 0x7FE00010, keep_deferred=True)
+        assert last.value is None  # deferred: not in memory
+        assert _truncated(deferred, len(data)) is truncated
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Non-finite intensities: one status and one sentence, whatever the display path.
+# --------------------------------------------------------------------------------------------------------------
+
+NONFINITE_SENTENCE = (
+    "frame 0 has NaN or infinite values after the Modality LUT; expected a rescale slope and intercept (or a "
+    "Modality LUT) that give finite intensities"
+)
+
+
+@pytest.mark.parametrize("rescale", [{"RescaleSlope": "1e308"}, {"RescaleSlope": "NaN"}, {"RescaleIntercept": "inf"}])
+@pytest.mark.parametrize("path", ["file window", "voi lut", "preset", "modality default"])
+def test_non_finite_values_are_one_422_whatever_the_display_path(rescale: dict[str, str], path: str) -> None:
+    data = F.with_changes(CT, **rescale)  # 1e308 times a stored value overflows to inf
+    if path == "file window":
+        data = F.with_changes(data, WindowCenter=40, WindowWidth=400)
+    elif path == "voi lut":
+        data = F.with_voi_lut(data, np.arange(16))
+    image = read_dicom(data)
+    with pytest.raises(RequestError) as caught:
+        image.display(0, "ct_abdomen" if path == "preset" else None)
+    assert caught.value.status == 422 and str(caught.value) == NONFINITE_SENTENCE
+    with pytest.raises(RequestError) as again:
+        image.values(0)  # checked where the values are computed, so every caller sees it
+    assert str(again.value) == NONFINITE_SENTENCE
+
+
+def test_finite_extremes_still_decode() -> None:
+    image = read_dicom(F.with_changes(CT, RescaleSlope="1e300"))
+    np.testing.assert_array_equal(image.values(0), (HU.astype(np.float64) + 1024.0) * 1e300)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 12-bit JPEG Extended through GDCM; every syntax the 415 names really decodes.
+# --------------------------------------------------------------------------------------------------------------
+
+# sha256 of the little-endian uint16 pixels of pydicom's JPEG-lossy.dcm and JPGExtended.dcm (the same image) as
+# DCMTK's dcmdjpeg decodes them: an independent decoder (`dcmdjpeg JPGExtended.dcm out.dcm`).
+DCMTK_JPG_EXTENDED_SHA256 = "d30242775a414c01d616447854ebe3f2b20259822894bcd6891f879bcdcbf313"
+
+
+@pytest.mark.parametrize("name", ["JPEG-lossy.dcm", "JPGExtended.dcm"])
+def test_12_bit_jpeg_extended_decodes_as_dcmtk_does(name: str) -> None:
+    data = F.testdata(name)
+    tags = F.read(data)
+    assert tags.file_meta.TransferSyntaxUID == JPEGExtended12Bit and tags.BitsStored == 12
+    image = read_dicom(data)
+    values = image.values(0)
+    assert values.shape == (1024, 256)
+    assert hashlib.sha256(values.astype("<u2").tobytes()).hexdigest() == DCMTK_JPG_EXTENDED_SHA256
+    assert (values[420, 140], values[230, 120]) == (244, 95)  # pydicom's own reference values for these files
+    np.testing.assert_array_equal(image.display(0), to_uint8(values, "minmax"))
+
+
+def test_pydicoms_own_plugins_still_refuse_12_bit_jpeg_extended() -> None:
+    """Why service/jpeg12.py exists: when this fails, pydicom decodes 12-bit JPEG Extended itself and the plugin
+    can go."""
+    ds = F.read(F.testdata("JPGExtended.dcm"))
+    decoder = get_decoder(JPEGExtended12Bit)
+    for plugin in ("gdcm", "pillow"):
+        with pytest.raises(RuntimeError, match="does not support 'JPEG Extended' for samples with 12-bit precision"):
+            decoder.as_array(ds, decoding_plugin=plugin)
+
+
+# One sample per standard syntax that can be had here: pydicom's test files, pydicom's encoders, or a rewrite.
+SYNTAX_SAMPLES: dict[UID, Callable[[], bytes]] = {
+    ImplicitVRLittleEndian: lambda: F.with_changes(CT, TransferSyntaxUID=ImplicitVRLittleEndian),
+    ExplicitVRLittleEndian: lambda: CT,
+    DeflatedExplicitVRLittleEndian: lambda: F.testdata("image_dfl.dcm"),
+    ExplicitVRBigEndian: lambda: F.testdata("MR_small_bigendian.dcm"),
+    JPEGBaseline8Bit: lambda: F.testdata("SC_rgb_jpeg_dcmtk.dcm"),
+    JPEGExtended12Bit: lambda: F.testdata("JPGExtended.dcm"),
+    JPEGLosslessSV1: lambda: F.testdata("SC_rgb_jpeg_gdcm.dcm"),
+    JPEGLSLossless: lambda: F.compressed(CT, JPEGLSLossless),
+    JPEGLSNearLossless: lambda: F.testdata("JPEGLSNearLossless_08.dcm"),
+    JPEG2000Lossless: lambda: F.compressed(CT, JPEG2000Lossless),
+    JPEG2000: lambda: F.testdata("JPEG2000.dcm"),
+    RLELossless: lambda: F.compressed(CT, RLELossless),
+}
+# Listed through GDCM (JPEG Lossless, any selection value) and pylibjpeg-openjpeg (HTJ2K), but nothing installed here
+# writes them and pydicom ships no sample; checked by hand (DCMTK's `dcmcjpeg +el +sv 2`) for JPEG Lossless only.
+UNSAMPLED = {JPEGLossless, HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K}
+
+
+def test_every_syntax_the_415_lists_decodes() -> None:
+    error = str(refuse(F.compressed(CT, F.UNDECODABLE_SYNTAX), 415, "the decoders installed handle: "))
+    listed = _decodable_syntaxes()  # what the sentence lists (names with commas in them: not split back here)
+    assert error.endswith(", ".join(uid.name for uid in listed))
+    assert JPEGExtended12Bit in listed and set(listed) <= {*SYNTAX_SAMPLES, *UNSAMPLED}
+    for syntax in set(listed) - UNSAMPLED:
+        image = read_dicom(SYNTAX_SAMPLES[syntax]())
+        assert image.dataset.file_meta.TransferSyntaxUID == syntax
+        assert image.values(0).shape[:2] == (image.rows, image.columns), syntax.name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Palette colour: through the image's own LUTs to RGB, then as any RGB image.
+# --------------------------------------------------------------------------------------------------------------
+
+_RNG = np.random.default_rng(21)
+PALETTES = {
+    "8-bit indices, 16-bit entries": (
+        _RNG.integers(0, 256, (64, 80), dtype=np.uint8),
+        _RNG.integers(0, 65536, (256, 3), dtype=np.uint16),
+    ),
+    "8-bit indices, 8-bit entries": (
+        _RNG.integers(0, 256, (64, 80), dtype=np.uint8),
+        _RNG.integers(0, 256, (256, 3), dtype=np.uint8),
+    ),
+    "16-bit indices, 16-bit entries": (
+        _RNG.integers(0, 4096, (64, 80), dtype=np.uint16),
+        _RNG.integers(0, 65536, (4096, 3), dtype=np.uint16),
+    ),
+}
+
+
+def palette_rgb(indices: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """The RGB a viewer shows for `indices` into `lut` (PS3.3 C.7.6.3.1.6 by hand): 16-bit entries' high byte."""
+    return (lut >> 8 if lut.dtype == np.uint16 else lut)[indices].astype(np.uint8)
+
+
+@pytest.mark.parametrize("case", PALETTES)
+def test_palette_colour_is_decoded_through_its_palette(case: str) -> None:
+    indices, lut = PALETTES[case]
+    image = read_dicom(F.to_bytes(F.palette_dataset(indices, lut)))
+    assert image.samples == 3
+    expected = palette_rgb(indices, lut)
+    np.testing.assert_array_equal(image.values(0), expected)
+    np.testing.assert_array_equal(image.display(0), expected)
+    np.testing.assert_array_equal(image.display(0, "ct_abdomen"), expected)  # presets do not apply to colour
+
+
+def test_pydicoms_palette_sample_matches_its_lut_read_by_hand() -> None:
+    data = F.testdata("examples_palette.dcm")
+    tags = F.read(data)
+    assert list(tags.RedPaletteColorLookupTableDescriptor) == [256, 0, 16]
+    luts = np.stack(
+        [np.frombuffer(tags[f"{c}PaletteColorLookupTableData"].value, "<u2") for c in ("Red", "Green", "Blue")], -1
+    )
+    indices = np.frombuffer(tags.PixelData, np.uint8).reshape(tags.Rows, tags.Columns)
+    np.testing.assert_array_equal(read_dicom(data).values(0), palette_rgb(indices, luts))
+
+
+def _broken_palette(change: str) -> bytes:
+    ds = F.palette_dataset(*PALETTES["8-bit indices, 16-bit entries"])
+    if change == "no green data":
+        del ds.GreenPaletteColorLookupTableData
+    elif change == "12 bits per entry":
+        ds.RedPaletteColorLookupTableDescriptor = [256, 0, 12]
+    elif change == "short red data":
+        ds.RedPaletteColorLookupTableData = ds.RedPaletteColorLookupTableData[:100]
+    elif change == "no descriptors":
+        for colour in ("Red", "Green", "Blue"):
+            delattr(ds, f"{colour}PaletteColorLookupTableDescriptor")
+    return F.to_bytes(ds)
+
+
+@pytest.mark.parametrize("change", ["no green data", "12 bits per entry", "short red data", "no descriptors"])
+def test_a_malformed_palette_is_one_422(change: str) -> None:
+    error = refuse(_broken_palette(change), 422, "palette could not be applied")
+    assert str(error) == (
+        "the image's palette could not be applied; expected red, green and blue Palette Color Lookup Table "
+        "descriptors and data of 8 or 16 bits per entry"
+    )

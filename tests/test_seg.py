@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Iterator
+import logging
+import warnings
+from collections.abc import Callable, Iterator
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydantic import ValidationError
 from pydicom.data import get_testdata_file
 
 from service.dicom import part10
 from service.errors import RequestError
+from service.schemas import Prompt
 from service.seg import Algorithm, SegmentMask, build_seg
+from tests import dicomfiles as F
 
 ALGORITHM = Algorithm(name="demo", version="0.3.1", manifest_sha256="0123456789abcdef" * 4)
 N_FRAMES = 4
@@ -165,10 +170,10 @@ def test_no_masks_is_refused() -> None:
         (SegmentMask("liver", 0, np.zeros((1, 128, 128), bool)), "mask 1 to be 128x128"),
         (SegmentMask("liver", 1, np.zeros((128, 128), bool)), "mask 1's frame in 0..0, found 1"),
         (SegmentMask("liver", -1, np.zeros((128, 128), bool)), "frame in 0..0, found -1"),
-        (SegmentMask("", 0, np.zeros((128, 128), bool)), "mask 1's label"),
-        (SegmentMask("x" * 65, 0, np.zeros((128, 128), bool)), "1 to 64 printable"),
-        (SegmentMask("a\\b", 0, np.zeros((128, 128), bool)), "without a backslash"),
-        (SegmentMask("a\nb", 0, np.zeros((128, 128), bool)), "printable"),
+        (SegmentMask("", 0, np.zeros((128, 128), bool)), "mask 1's label .* found 0 characters"),
+        (SegmentMask("x" * 65, 0, np.zeros((128, 128), bool)), "1 to 64 printable .* found 65 characters"),
+        (SegmentMask("a\\b", 0, np.zeros((128, 128), bool)), "without a backslash, found a backslash"),
+        (SegmentMask("a\nb", 0, np.zeros((128, 128), bool)), "found a control or other non-printable character"),
     ],
 )
 def test_bad_masks_are_refused(item: SegmentMask, match: str) -> None:
@@ -204,3 +209,128 @@ def test_classic_multi_frame_source_is_a_422(name: str) -> None:
 def test_frames_must_match_the_source() -> None:
     with pytest.raises(ValueError, match="source's 1 frames, found 2"):
         build_seg(single_frame("CT_small.dcm"), [SegmentMask("a", 0, np.ones((128, 128), bool))], ALGORITHM, frames=2)
+
+
+@pytest.mark.parametrize("label", ["", "x" * 65, "a\\b", "a\nb", "tab\there", "nul\x00"])
+def test_the_request_schema_and_the_seg_builder_refuse_a_label_with_one_sentence(label: str) -> None:
+    """One SegmentLabel rule: what `/segment` refuses (the prompt schema) is what a SEG cannot hold, said alike."""
+    with pytest.raises(ValidationError) as schema:
+        Prompt(box=(0, 0, 1, 1), label=label)
+    with pytest.raises(RequestError) as seg:
+        build_seg(single_frame("CT_small.dcm"), [SegmentMask(label, 0, np.ones((128, 128), bool))], ALGORITHM, frames=1)
+    sentence = schema.value.errors()[0]["msg"].removeprefix("Value error, ")
+    assert str(seg.value) == f"mask 0's label cannot be a DICOM segment label: {sentence}"
+    assert label not in sentence or not label
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Enhanced multi-frame sources: what highdicom needs of them, checked up front (422 naming the attribute).
+# --------------------------------------------------------------------------------------------------------------
+
+MR_FRAMES = np.stack([F.ct_hu(64, 80, seed=40 + i) for i in range(N_FRAMES)]) + 1000
+
+
+@pytest.fixture(scope="module")
+def enhanced_mr() -> pydicom.Dataset:
+    """A 4-frame Legacy Converted Enhanced MR (highdicom's converter), as parsed from its Part 10 bytes."""
+    return pydicom.dcmread(io.BytesIO(part10(F.enhanced_mr_dataset(MR_FRAMES))))
+
+
+def _one_item(ds: pydicom.Dataset) -> None:
+    del ds.PerFrameFunctionalGroupsSequence[1:]
+
+
+def _orientation_per_frame(ds: pydicom.Dataset) -> None:
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        item.PlaneOrientationSequence = copy.deepcopy(shared.PlaneOrientationSequence)
+    del shared.PlaneOrientationSequence
+
+
+def _measures_per_frame(ds: pydicom.Dataset) -> None:
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        item.PixelMeasuresSequence = copy.deepcopy(shared.PixelMeasuresSequence)
+    del shared.PixelMeasuresSequence
+
+
+def _no_position_on_frame_2(ds: pydicom.Dataset) -> None:
+    del ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+
+
+def _one_position_for_all(ds: pydicom.Dataset) -> None:  # a dynamic series: every frame on the same slice
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        item.PlanePositionSequence[0].ImagePositionPatient = [-100.0, -120.0, 0.0]
+
+
+def _position_not_numbers(ds: pydicom.Dataset) -> None:
+    ds.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0].ImagePositionPatient = [1.0, 2.0]
+
+
+BROKEN_ENHANCED: dict[str, tuple[Callable[[pydicom.Dataset], None], str]] = {
+    "4 frames, 1 per-frame item": (
+        _one_item,
+        "1 PerFrameFunctionalGroupsSequence item(s) for 4 frame(s) (NumberOfFrames); expected one item per frame",
+    ),
+    "orientation per frame": (
+        _orientation_per_frame,
+        "SharedFunctionalGroupsSequence to hold a PlaneOrientationSequence",
+    ),
+    "pixel measures per frame": (_measures_per_frame, "SharedFunctionalGroupsSequence to hold a PixelMeasuresSequence"),
+    "a frame without a position": (_no_position_on_frame_2, "found frame 2 without one"),
+    "frames sharing a position": (_one_position_for_all, "found frames that share one"),
+    "a position of two numbers": (_position_not_numbers, "to be six and three numbers"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_ENHANCED)
+def test_enhanced_source_highdicom_cannot_reference_is_a_422_naming_the_rule(
+    enhanced_mr: pydicom.Dataset, case: str
+) -> None:
+    change, fragment = BROKEN_ENHANCED[case]
+    source = copy.deepcopy(enhanced_mr)
+    change(source)
+    mask = [SegmentMask("liver", 1, np.ones((64, 80), bool))]
+    with pytest.raises(RequestError) as info:
+        build_seg(source, mask, ALGORITHM, frames=N_FRAMES)
+    assert info.value.status == 422 and fragment in str(info.value), str(info.value)
+
+
+def test_enhanced_mr_masks_read_back_at_their_frames(enhanced_mr: pydicom.Dataset) -> None:
+    masks = [
+        SegmentMask("lesion", 3, box_mask((64, 80), 5, 30, 10, 50)),
+        SegmentMask("lesion", 1, box_mask((64, 80), 1, 2, 1, 2)),
+    ]
+    seg = read_back(build_seg(enhanced_mr, masks, ALGORITHM, frames=N_FRAMES))
+    expected = np.zeros((N_FRAMES, 64, 80), bool)
+    for item in masks:
+        expected[item.frame] = item.mask
+    np.testing.assert_array_equal(segment_pixels(seg, enhanced_mr, 1), expected)
+
+
+@pytest.mark.parametrize("name", ["liver_1frame.dcm", "liver_expb_1frame.dcm"])
+def test_pydicoms_one_frame_liver_seg_with_three_per_frame_items_is_a_422(name: str) -> None:
+    """pydicom's 1-frame cut of a 3-frame SEG keeps all three per-frame items: which one is the frame's is a guess."""
+    source = single_frame(name)
+    with pytest.raises(RequestError, match="3 PerFrameFunctionalGroupsSequence item\\(s\\) for 1 frame") as info:
+        build_seg(source, [SegmentMask("liver", 0, np.ones((512, 512), bool))], ALGORITHM, frames=1)
+    assert info.value.status == 422
+
+
+def test_a_consistent_one_frame_enhanced_source_makes_a_seg() -> None:
+    source = single_frame("liver_1frame.dcm")
+    del source.PerFrameFunctionalGroupsSequence[1:]  # the item of its one frame
+    mask = box_mask((512, 512), 100, 300, 50, 400)
+    seg = read_back(build_seg(source, [SegmentMask("liver", 0, mask)], ALGORITHM, frames=1))
+    stored = seg.get_pixels_by_source_frame(source.SOPInstanceUID, [1], segment_numbers=[1])[0, ..., 0]
+    np.testing.assert_array_equal(stored, mask)
+
+
+def test_no_source_value_is_warned_or_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """highdicom warns about a patient name without '^' by quoting it, and logs UIDs: neither reaches a log here."""
+    source = pydicom.dcmread(io.BytesIO(F.marked(F.testdata("CT_small.dcm"))))
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:  # the process's filters, as the server has them
+        build_seg(source, [SegmentMask("liver", 0, np.ones((128, 128), bool))], ALGORITHM, frames=1)
+    said = caplog.text + "".join(str(w.message) for w in caught)
+    assert not [value for value in F.MARKERS.values() if value in said], said
