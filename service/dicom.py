@@ -40,9 +40,9 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, a
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian, JPEGExtended12Bit
+from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
-from service import cancellation, codestreams
+from service import cancellation, codestreams, decoding
 from service.errors import RequestError
 from service.imaging import ImagingError, Window, to_uint8
 
@@ -76,8 +76,6 @@ _UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 # pydicom warns about (and logs) a malformed element by quoting its value; no patient data may reach the service's
 # logs, so reading validation is off for the process (the checks below refuse what the service cannot use).
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-# pydicom's GDCM and Pillow plugins refuse 12-bit JPEG Extended; GDCM itself decodes it (see service/jpeg12.py).
-get_decoder(JPEGExtended12Bit).add_plugin("gdcm-12-bit", ("service.jpeg12", "decode_frame"))
 
 
 PIXEL_DATA = 0x7FE00010
@@ -461,10 +459,8 @@ class DicomImage:
         self.reserve((frame,))
         options = as_pixel_options(self.dataset)
         with self._open() as stream:
-            if codestreams.has_codestream_header(self._syntax):
-                self._check_codestream(stream, frame, options)
             stream.seek(self._pixels.value_tell)
-            try:
+            if self._decoder.is_native:
                 array, meta = self._decoder.as_array(
                     stream,
                     index=frame,
@@ -473,8 +469,8 @@ class DicomImage:
                     pixel_vr=self._pixels.VR,
                     **options,
                 )
-            except Exception:  # a plugin's failure on a corrupt stream; its text is not ours to forward
-                raise self._corrupt(frame) from None
+            else:
+                array, meta = self._decode_encapsulated(stream, frame, options)
         if self._palette:
             return self._palette_rgb(array)
         if self.samples == 3:
@@ -517,25 +513,29 @@ class DicomImage:
             ) from None
         return np.ascontiguousarray(rgb >> 8 if bits == 16 and rgb.dtype == np.uint16 else rgb, dtype=np.uint8)
 
-    def _check_codestream(self, stream: BinaryIO, frame: int, options: dict[str, Any]) -> None:
-        """422 unless frame `frame`'s codestream declares the header's Rows x Columns (what the decoder allocates
-        is what the codestream says, and the header is what the limits were checked against)."""
-        stream.seek(self._pixels.value_tell)
+    def _decode_encapsulated(
+        self, stream: BinaryIO, frame: int, options: dict[str, Any]
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Frame `frame` of encapsulated pixel data, decoded out of process (`service.decoding`); 422 when its
+        codestream declares another size than the header's (a decoder allocates what the codestream says, and
+        the header is what the limits were checked against)."""
         try:
             codestream = get_frame(
                 stream, frame, number_of_frames=self.frames, extended_offsets=options.get("extended_offsets")
             )
-        except Exception:  # no such fragment(s): the stream is cut short or its offset table is wrong
+            decoded = decoding.decode_frame(self._syntax, codestream, options)
+        except Exception:  # no such fragment(s), or the codec refused, died or hung: a corrupt stream
             raise self._corrupt(frame) from None
-        declared = codestreams.declared_size(self._syntax, codestream)
-        if declared == codestreams.UNREADABLE:
-            raise self._corrupt(frame)
-        if declared != (self.rows, self.columns):
+        if decoded.declared is not None:
+            if decoded.declared == codestreams.UNREADABLE:
+                raise self._corrupt(frame)
+            rows, columns = decoded.declared
             raise RequestError(
-                f"frame {frame}'s {self._syntax.name} codestream declares {declared[0]}x{declared[1]} pixels; "
-                f"expected the header's {self.rows}x{self.columns}",
+                f"frame {frame}'s {self._syntax.name} codestream declares {rows}x{columns} pixels; expected the "
+                f"header's {self.rows}x{self.columns}",
                 HTTPStatus.UNPROCESSABLE_ENTITY,
             )
+        return decoded.array, {"photometric_interpretation": decoded.photometric}  # type: ignore[return-value]
 
     def _corrupt(self, frame: int) -> RequestError:
         return RequestError(

@@ -14,7 +14,6 @@ which quotes UIDs, is silenced.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
@@ -33,8 +32,6 @@ from service.errors import RequestError
 
 __all__ = ["DicomwebConfig", "Pacs", "PacsConfig", "load_config", "normalize_url"]
 
-# dicomweb_client logs every retrieve and store with its study, series and instance UIDs (patient data).
-logging.getLogger("dicomweb_client").disabled = True
 
 SOP_INSTANCE_UID = "00080018"
 SERIES_INSTANCE_UID = "0020000E"

@@ -8,7 +8,8 @@ server logs through (`install`):
 - a refused request (a 4xx of any kind, a client that left) leaves no record of its own: BentoML's access-log line
   (method, path, status, sizes, time) is the one line it gets;
 - an unexpected exception keeps its type and its stack (code locations) but not its message;
-- a record from a DICOM, codec or PACS library keeps its logger name and level, not its text;
+- a record from a DICOM, codec or PACS library (dicomweb-client logs every call with its UIDs) keeps its logger
+  name and level, not its text;
 - a Python warning keeps its category and the source line that raised it, not its text.
 """
 
@@ -69,14 +70,16 @@ class RedactingFilter(logging.Filter):
                 return False
             record.exc_text = stack_without_messages(error)
             record.exc_info = None
-        if record.name.split(".", 1)[0] in LIBRARIES:
+        if record.name.split(".", 1)[0] in LIBRARIES or record.name == "py.warnings":  # logging.captureWarnings
             record.msg = f"%s logged a message at %s; {WITHHELD}"
             record.args = (record.name, record.levelname)
         return True
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, *_: Any, **__: Any) -> None:
-    logging.getLogger("py.warnings").warning("%s raised at %s:%d; %s", category.__name__, filename, lineno, WITHHELD)
+    logging.getLogger("medsamix.warnings").warning(
+        "%s raised at %s:%d; %s", category.__name__, filename, lineno, WITHHELD
+    )
 
 
 def install() -> None:

@@ -14,8 +14,6 @@ per frame): `build_seg` checks those rules before highdicom runs and names the a
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -41,11 +39,6 @@ INSTANCE_NUMBER = 1
 # What a segment is, for a viewer: the label says which structure; the coded concepts only say "some tissue".
 PROPERTY_CATEGORY = codes.SCT.Tissue
 PROPERTY_TYPE = codes.SCT.Tissue
-
-# highdicom warns and logs about a source's values by quoting them (a patient name without '^', duplicated UIDs); no
-# value from a DICOM file may reach the service's logs, so its loggers (one per module, children of this one) are
-# silenced here and its warnings are ignored by `_quiet_highdicom` before each build.
-logging.getLogger("highdicom").setLevel(logging.CRITICAL + 1)
 
 
 @dataclass(frozen=True)
@@ -77,7 +70,6 @@ def build_seg(
     if frames != source_frames:
         raise ValueError(f"expected frames to equal the source's {source_frames} frames, found {frames}")
     _check_source(source, frames)
-    _quiet_highdicom()
     labels, pixels = _stack(masks, rows=int(source.Rows), columns=int(source.Columns), frames=frames)
     identification = hd.AlgorithmIdentificationSequence(
         name=f"{MANUFACTURER} {algorithm.name}",
@@ -128,13 +120,6 @@ def build_seg(
             raise
         raise _lacks("FrameOfReferenceUID") from error
     return seg
-
-
-def _quiet_highdicom() -> None:
-    """Ignore highdicom's warnings (they quote source values). Installed per call, not once at import: an import
-    inside `warnings.catch_warnings` would lose a module-level filter on leaving it, and re-adding is idempotent
-    (`filterwarnings` replaces an equal entry), unlike a `catch_warnings` block, which is not thread-safe."""
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom\.")
 
 
 def _check_source(source: pydicom.Dataset, frames: int) -> None:

@@ -250,6 +250,15 @@ def test_bombs_are_refused_before_they_are_decoded(server: LocalServer) -> None:
     assert masks_of(post(server, many, prompts[:1]))  # one frame of it is within the budget
 
 
+def test_a_codec_crash_is_a_refusal_and_the_worker_lives_on(server: LocalServer) -> None:
+    from tests.test_decoding import crashing_jpeg  # GDCM aborts its process on it
+
+    front = server.worker().pid
+    refusal(post(server, crashing_jpeg(), [{"box": [10, 10, 90, 90]}]), 400, "could not be decoded")
+    assert masks_of(post(server, files.testdata("SC_rgb_jpeg_dcmtk.dcm"), [{"box": [10, 10, 90, 90]}]))
+    assert server.worker().pid == front
+
+
 def test_a_deflated_dataset_is_not_inflated(server: LocalServer) -> None:
     ds = files.ct_dataset(files.ct_hu(64, 80, 3))
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian

@@ -1,0 +1,57 @@
+"""service/decoding: compressed frames decoded in a child process that may die without taking this one along."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.encaps import encapsulate, generate_frames
+
+from service import decoding
+from service.dicom import read_dicom
+from service.errors import RequestError
+from tests import dicomfiles as F
+
+
+def crashing_jpeg() -> bytes:
+    """pydicom's JPEG baseline sample with two bytes of its Huffman tables changed: GDCM aborts the process on it
+    (an uncaught C++ exception) instead of raising."""
+    ds = F.read(F.testdata("SC_rgb_jpeg_dcmtk.dcm"))
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    frame[198], frame[205] = 223, 1
+    ds.PixelData = encapsulate([bytes(frame)])
+    return F.to_bytes(ds)
+
+
+def test_a_codec_that_kills_its_process_is_a_refusal_here() -> None:
+    good = F.testdata("SC_rgb_jpeg_dcmtk.dcm")
+    expected = read_dicom(good).values(0)
+    with pytest.raises(RequestError, match="could not be decoded") as caught:
+        read_dicom(crashing_jpeg()).values(0)
+    assert caught.value.status == 400
+    np.testing.assert_array_equal(read_dicom(good).values(0), expected)  # a new child decodes the next one
+
+
+def test_a_frame_that_takes_too_long_is_refused_and_its_child_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = np.stack([F.ct_hu(512, 512, seed) for seed in range(2)])
+    data = F.compressed(F.multiframe(frames), F.LOSSLESS_SYNTAXES[1])  # JPEG 2000
+    monkeypatch.setattr(decoding, "TIMEOUT_S", 1e-4)
+    with pytest.raises(RequestError, match="could not be decoded"):
+        read_dicom(data).values(0)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(read_dicom(data).values(1), frames[1])
+
+
+@pytest.mark.parametrize(
+    "answer, pixels",
+    [
+        ({"dtype": "<f8", "shape": [2, 3]}, bytes(48)),  # a dtype no decoder gives
+        ({"dtype": "<u2", "shape": [3, 2]}, bytes(12)),  # another shape than the header's
+        ({"dtype": "<u2", "shape": [2, 3]}, bytes(11)),  # bytes that do not fill it
+        ({"dtype": "O", "shape": [2, 3]}, bytes(48)),  # objects: never
+    ],
+)
+def test_the_childs_answer_is_taken_only_as_a_frame_of_the_headers_size(answer: dict, pixels: bytes) -> None:
+    with pytest.raises(decoding.DecoderFailed, match="not a frame of the header's size"):
+        decoding._array(answer, pixels, {"rows": 2, "columns": 3, "samples_per_pixel": 1})
+    frame = decoding._array({"dtype": "<u2", "shape": [2, 3]}, bytes(range(12)), {"rows": 2, "columns": 3})
+    assert frame.shape == (2, 3) and frame.dtype == np.uint16
