@@ -14,17 +14,19 @@ per frame): `build_seg` checks those rules before highdicom runs and names the a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 import pydicom
 from highdicom.spatial import get_image_coordinate_system, get_normal_vector
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
 from service.dicom import check_per_frame_groups
 from service.errors import RequestError
@@ -70,6 +72,7 @@ def build_seg(
     if frames != source_frames:
         raise ValueError(f"expected frames to equal the source's {source_frames} frames, found {frames}")
     _check_source(source, frames)
+    source = _parseable_copy(source)
     labels, pixels = _stack(masks, rows=int(source.Rows), columns=int(source.Columns), frames=frames)
     identification = hd.AlgorithmIdentificationSequence(
         name=f"{MANUFACTURER} {algorithm.name}",
@@ -120,6 +123,39 @@ def build_seg(
             raise
         raise _lacks("FrameOfReferenceUID") from error
     return seg
+
+
+# What highdicom parses of the source's Patient and General Study modules to copy it into the SEG, by the parser it
+# uses; all are Type 2 there, so an empty value is valid DICOM.
+_PARSED_ATTRIBUTES: dict[str, Callable[[Any], object]] = {
+    "PatientBirthDate": DA,
+    "PatientSex": hd.PatientSexValues,
+    "StudyDate": DA,
+    "StudyTime": TM,
+}
+
+
+def _parseable_copy(source: pydicom.Dataset) -> pydicom.Dataset:
+    """`source`, or a copy of it (sharing its elements) in which each of `_PARSED_ATTRIBUTES` whose value its
+    parser rejects is empty: archives hold images with malformed dates, and a malformed date is no reason to refuse
+    their segmentation (highdicom would raise, with the value in its message)."""
+    malformed = []
+    for keyword, parse in _PARSED_ATTRIBUTES.items():
+        value = source.get(keyword)
+        if value in (None, ""):
+            continue
+        try:
+            parse(value)
+        except (ValueError, TypeError):
+            malformed.append(keyword)
+    if not malformed:
+        return source
+    copy = pydicom.Dataset(dict(source.items()))  # the same element objects: the source itself is not changed
+    copy.file_meta = source.file_meta
+    for keyword in malformed:
+        tag = tag_for_keyword(keyword)
+        copy[tag] = pydicom.DataElement(tag, dictionary_VR(tag), "")
+    return copy
 
 
 def _check_source(source: pydicom.Dataset, frames: int) -> None:

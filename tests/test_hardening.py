@@ -318,7 +318,7 @@ def test_a_file_refused_when_fresh_is_refused_when_its_pixels_are_cached(
 MARKERS = {
     "PatientName": "ZQXA01patient",  # no '^': highdicom warns, quoting it
     "PatientID": "ZQXA02id",
-    "PatientComments": "ZQXA03comments",
+    "PatientBirthDate": "ZQXA03birth",  # not a DA: highdicom refused the source, quoting it
     "StudyDescription": "ZQXA04study",
     "SeriesDescription": "ZQXA05series",
     "InstitutionName": "ZQXA06institution",

@@ -342,3 +342,22 @@ def test_no_source_value_reaches_the_log(caplog: pytest.LogCaptureFixture) -> No
         warnings.showwarning = shown
     assert "UserWarning raised at" in caplog.text and "highdicom" in caplog.text  # it did warn
     assert not [value for value in F.MARKERS.values() if value in caplog.text], caplog.text
+
+
+@pytest.mark.parametrize(
+    "keyword, value",
+    [("PatientBirthDate", "ZQXbirth"), ("StudyDate", "2024-01-02"), ("StudyTime", "99xx"), ("PatientSex", "female")],
+)
+def test_a_malformed_date_or_sex_in_the_source_is_left_empty_not_refused(keyword: str, value: str) -> None:
+    """highdicom parses these four to copy them (and raised, quoting the value); they are Type 2, so the SEG is
+    built with the malformed one empty, and the source itself is not changed."""
+    settings = pydicom.config.settings
+    strict = settings.reading_validation_mode, settings.writing_validation_mode
+    settings.reading_validation_mode = settings.writing_validation_mode = pydicom.config.IGNORE
+    try:  # the source as an archive holds it, which strict pydicom would neither write nor read
+        source = pydicom.dcmread(io.BytesIO(F.with_changes(F.ct_image(F.ct_hu(64, 80, 2)), **{keyword: value})))
+    finally:
+        settings.reading_validation_mode, settings.writing_validation_mode = strict
+    seg = read_back(build_seg(source, [SegmentMask("liver", 0, np.ones((64, 80), bool))], ALGORITHM, frames=1))
+    assert seg.get(keyword) == "" and source.get(keyword) == value
+    assert (seg.PatientID, seg.StudyInstanceUID) == (source.PatientID, source.StudyInstanceUID)
