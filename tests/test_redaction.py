@@ -17,6 +17,17 @@ from service.errors import RequestError
 MARKER = "ZQXredaction"
 
 
+# The loggers these tests write to; other tests (BentoML's logging set-up) may have disabled or quietened them.
+LOGGERS = (
+    "bentoml",
+    "bentoml._internal.server.http_app",
+    "highdicom.seg.sop",
+    "pydicom",
+    "medsamix",
+    "medsamix.warnings",
+)
+
+
 @pytest.fixture
 def log() -> Iterator[io.StringIO]:
     """A handler on the root logger, as BentoML's server logging has, with the filter installed."""
@@ -25,6 +36,11 @@ def log() -> Iterator[io.StringIO]:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    saved = [(logger.disabled, logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.disabled, logger.propagate = False, True
+        logger.setLevel(logging.NOTSET)
     shown = warnings.showwarning
     try:
         redaction.install()
@@ -32,6 +48,9 @@ def log() -> Iterator[io.StringIO]:
     finally:
         root.removeHandler(handler)
         warnings.showwarning = shown
+        for logger, (disabled, level, propagate) in zip(loggers, saved, strict=True):
+            logger.disabled, logger.propagate = disabled, propagate
+            logger.setLevel(level)
 
 
 class Box(BaseModel):
