@@ -1,7 +1,9 @@
 """An LRU cache of image embeddings, bounded in bytes: further boxes on an image already seen cost only the decoder.
 
 Keys are opaque tuples the segmenter builds (model, manifest hash, digest of the displayed image the encoder input
-is made of), so no DICOM value is kept in a key. Thread-safe: BentoML runs sync API calls on a pool.
+is made of), so no DICOM value is kept in a key. Beside it, `DisplayMemo` remembers which displayed image a file
+already seen gave, so that resending the very same bytes does not decode the frame again. Thread-safe: BentoML runs
+sync API calls on a pool.
 """
 
 from __future__ import annotations
@@ -66,3 +68,29 @@ class EmbeddingCache:
                 self._bytes -= evicted.array.nbytes
             self._entries[key] = entry
             self._bytes += size
+
+
+class DisplayMemo:
+    """The digest of the displayed image each (file digest, frame, window) gave, for the last `max_entries` of
+    them. The displayed image is a function of the file's bytes and the window alone, so a file whose bytes were
+    decoded and displayed before (and so passed every check on the way) need not be decoded again to find its
+    embedding; a file that was refused was never displayed, so it is never remembered."""
+
+    def __init__(self, max_entries: int = 16384) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> str | None:
+        with self._lock:
+            digest = self._entries.get(key)
+            if digest is not None:
+                self._entries.move_to_end(key)
+            return digest
+
+    def put(self, key: Hashable, digest: str) -> None:
+        with self._lock:
+            self._entries[key] = digest
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)

@@ -20,6 +20,8 @@ decoded by GDCM through `service.jpeg12`.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 import threading
 from collections import OrderedDict
@@ -413,6 +415,12 @@ class DicomImage:
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._decoded: set[int] = set()
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def file_digest(self) -> str:
+        """sha256 of the whole file: what the file displays as (with a given window) is a function of it alone."""
+        with self._open() as stream:
+            return hashlib.file_digest(stream, "sha256").hexdigest()
 
     def reserve(self, frames: Collection[int]) -> None:
         """Charge the frames of `frames` (valid indices) not yet decoded to the request's budget, or 413 before any

@@ -87,8 +87,10 @@ def _describe(array: np.ndarray) -> str:
 
 
 def _round_to_uint8(values: np.ndarray) -> np.ndarray:
-    """float64 values in [0, 255] -> uint8, rounding half to even (np.rint, IEEE's default, like torch.round)."""
-    return np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+    """float64 values in [0, 255] -> uint8, rounding half to even (np.rint, IEEE's default, like torch.round).
+    `values` is a temporary of the caller's and is overwritten (every preset's hot path: no more copies)."""
+    np.clip(values, 0.0, 255.0, out=values)
+    return np.rint(values, out=values).astype(np.uint8)
 
 
 def _min_max_255(values: np.ndarray) -> np.ndarray:
@@ -126,7 +128,11 @@ class Window(IntensityPreset):
     def apply(self, values: np.ndarray) -> np.ndarray:
         low = self.level - self.width / 2
         high = self.level + self.width / 2
-        return _round_to_uint8((np.clip(values, low, high) - low) / self.width * 255.0)
+        scaled = np.clip(values, low, high)  # then in place: the same operations in the same order
+        scaled -= low
+        scaled /= self.width
+        scaled *= 255.0
+        return _round_to_uint8(scaled)
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ def to_uint8(image: np.ndarray, preset: IntensityPreset | str) -> np.ndarray:
         raise ImagingError(f"expected a non-empty HxW (or DxHxW) array of real numbers, found {_describe(image)}")
     if np.issubdtype(image.dtype, np.complexfloating):
         raise ImagingError(f"expected real intensities, found {_describe(image)}")
-    values = image.astype(np.float64)
+    values = np.asarray(image, dtype=np.float64)  # no copy when it is float64 already; presets do not write to it
     if not np.isfinite(values).all():
         raise ImagingError(
             f"expected finite intensities, found NaN or infinite values in an image of {_describe(image)}"

@@ -5,11 +5,13 @@ The encoder is a callable (`Encode`): in the service it is the batched encoder s
 requests), in-process it is `encode_jobs` on the loaded sessions. The decoder runs here, once per (model, frame)
 over all of that frame's boxes.
 
-The embedding cache is consulted only after the frame has been decoded and displayed, so a file is refused the same
+The embedding cache is consulted only once the frame has been decoded and displayed, so a file is refused the same
 way whether or not an equal image was seen before, and it is keyed by what the encoder input is made of: the model
 (name and manifest hash) and a digest of the uint8 image the geometry turns into that input. Two files that share a
 UID but differ in anything that changes the displayed pixels (photometric interpretation, rescale, VOI window,
-modality default) never share an entry; two that display identically do.
+modality default) never share an entry; two that display identically do. The one shortcut: a file whose very bytes
+were displayed before (`DisplayMemo`, by the file's sha256) is known to display as it did then, so more boxes on
+an image a client resends cost neither a decode nor a window.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service import cancellation, imaging
-from service.cache import Embedding, EmbeddingCache
+from service.cache import DisplayMemo, Embedding, EmbeddingCache
 from service.dicom import DicomImage
 from service.errors import RequestError
 from service.schemas import EncodeJob, Prompt
@@ -170,12 +172,14 @@ class Segmenter:
         encode: Encode,
         cache: EmbeddingCache,
         max_prompts: int,
+        displays: DisplayMemo | None = None,
     ) -> None:
         self.models = models
         self.router = Router(models, default)
         self.encode = encode
         self.cache = cache
         self.max_prompts = max_prompts
+        self.displays = DisplayMemo() if displays is None else displays
 
     def segment(
         self, image: DicomImage, prompts: Sequence[Prompt], model: str | None = None, preset: str | None = None
@@ -231,9 +235,18 @@ class Segmenter:
         for key in keys:
             name, frame, window = key
             served = self.models[name]
+            seen = (image.file_digest, frame, window)
+            digest = self.displays.get(seen)
+            if digest is not None:  # these very bytes were displayed before: the digest is known without decoding
+                entry = self.cache.get((name, served.model.manifest_sha256, digest))
+                if entry is not None:
+                    found[key] = entry
+                    continue
             try:
                 pixels = image.display(frame, window)
-                cache_key = (name, served.model.manifest_sha256, pixels_digest(pixels))
+                digest = pixels_digest(pixels)
+                self.displays.put(seen, digest)
+                cache_key = (name, served.model.manifest_sha256, digest)
                 entry = self.cache.get(cache_key)
                 if entry is not None:
                     found[key] = entry

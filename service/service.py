@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from service import forms, redaction
-from service.cache import EmbeddingCache
+from service.cache import DisplayMemo, EmbeddingCache
 from service.cancellation import ClientGone
 from service.config import Settings
 from service.dicom import DicomImage, Limits, PixelBudget, Source, part10, read_dicom
@@ -170,12 +170,15 @@ class MedSAMix:
             max_decoded_pixels=SETTINGS.max_decoded_pixels,
         )
         self.cache = EmbeddingCache(SETTINGS.cache_mb * 1024 * 1024)
+        self.displays = DisplayMemo()
         self.segmenter = self._segmenter()
         self._settled = False
         self._settling = threading.Lock()
 
     def _segmenter(self) -> Segmenter:
-        return Segmenter(self.models, SETTINGS.default_model, self._encode, self.cache, SETTINGS.max_prompts)
+        return Segmenter(
+            self.models, SETTINGS.default_model, self._encode, self.cache, SETTINGS.max_prompts, self.displays
+        )
 
     def _settle(self) -> bool:
         """Take the encoder service's verdict on the store, once: a model it refused (its encoder disagrees with

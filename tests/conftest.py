@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,3 +131,12 @@ def exported_zoo(tmp_path_factory: pytest.TempPathFactory, zoo_recipe: Path) -> 
         scores={"ct_liver": {"split": "test", "dice": 0.5, "cases": 6}},
         report=source.report,
     )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding a copy of the embedded demo model, for a test module's server (tests never serve the
+    repository's own folder: a test may break its copy)."""
+    root = tmp_path_factory.mktemp("store") / "models"
+    shutil.copytree(Path(__file__).parent.parent / "models" / "demo", root / "demo")
+    return root

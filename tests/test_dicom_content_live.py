@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import shutil
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 BOX = [8, 6, 60, 50]  # inside every 64x80 image here
 # JSON answers and refusals, kept for the last test's check that none of them quotes a DICOM value.
 ANSWERS: list[str] = []
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serving") / "models"
-    shutil.copytree(REPO / "models" / "demo", root / "demo")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 from pathlib import Path
@@ -121,13 +122,20 @@ def silent() -> Iterator[socket.socket]:
         yield s
 
 
-@pytest.fixture(scope="module")
-def outsider() -> Iterator[socket.socket]:
-    """A listening socket on no allow-list: a request naming it must never connect."""
+@contextmanager
+def untouched() -> Iterator[socket.socket]:
+    """A loopback socket that listens without blocking: `accept()` raising BlockingIOError proves nobody connected."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(16)
         s.setblocking(False)
+        yield s
+
+
+@pytest.fixture(scope="module")
+def outsider() -> Iterator[socket.socket]:
+    """A listening socket on no allow-list: a request naming it must never connect."""
+    with untouched() as s:
         yield s
 
 
@@ -249,10 +257,7 @@ def fake(fake_pacs: FakePacs) -> Iterator[FakePacs]:
 @pytest.fixture
 def elsewhere() -> Iterator[socket.socket]:
     """A loopback port this test listens on, where the fake PACS's redirects point: nothing may connect to it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(16)
-        s.setblocking(False)
+    with untouched() as s:
         yield s
 
 

@@ -44,13 +44,6 @@ BOX = [8, 6, 60, 50]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hardening") / "models"
-    shutil.copytree(REPO / "models" / "demo", root / "demo")
-    return root
-
-
-@pytest.fixture(scope="module")
 def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     env = {
         "MEDSAMIX_MODELS": str(store),

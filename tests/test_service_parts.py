@@ -11,7 +11,7 @@ import pytest
 from service import imaging
 from service.cache import Embedding, EmbeddingCache
 from service.config import Settings, SettingsError
-from service.dicom import read_dicom
+from service.dicom import DicomImage, read_dicom
 from service.errors import RequestError
 from service.schemas import Prompt
 from service.segmenter import Router, Segmenter, Served, encode_jobs
@@ -108,3 +108,27 @@ def test_segmenter_equals_the_steps_run_by_hand_and_caches(demo: Served) -> None
     with pytest.raises(RequestError, match="at most 4") as error:
         segmenter.segment(read_dicom(dicom), [Prompt(box=boxes[0])] * 5)
     assert error.value.status == 413
+
+
+def test_a_file_resent_byte_for_byte_is_not_decoded_again(demo: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    displayed: list[int] = []
+    display = DicomImage.display
+
+    def counted(self: DicomImage, frame: int, preset: str | None = None):
+        displayed.append(frame)
+        return display(self, frame, preset)
+
+    monkeypatch.setattr(DicomImage, "display", counted)
+    segmenter = Segmenter(
+        {"demo": demo}, "demo", lambda jobs: encode_jobs({"demo": demo}, jobs), EmbeddingCache(2**24), 4
+    )
+    dicom = files.ct_image(files.ct_hu(60, 90, seed=2))
+    first = segmenter.segment(read_dicom(dicom), [Prompt(box=[5, 5, 50, 40])])
+    again = segmenter.segment(read_dicom(dicom), [Prompt(box=[5, 5, 50, 40])])  # the same bytes: no decode
+    assert (len(displayed), again.cached) == (1, 1)
+    np.testing.assert_array_equal(again.results[0].mask, first.results[0].mask)
+    windowed = files.with_changes(dicom, WindowCenter=300, WindowWidth=1500)  # same pixels, another display
+    segmenter.segment(read_dicom(windowed), [Prompt(box=[5, 5, 50, 40])])
+    assert len(displayed) == 2
+    segmenter.segment(read_dicom(dicom), [Prompt(box=[5, 5, 50, 40])], preset="ct_lung")  # another window
+    assert len(displayed) == 3
