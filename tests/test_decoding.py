@@ -55,3 +55,23 @@ def test_the_childs_answer_is_taken_only_as_a_frame_of_the_headers_size(answer: 
         decoding._array(answer, pixels, {"rows": 2, "columns": 3, "samples_per_pixel": 1})
     frame = decoding._array({"dtype": "<u2", "shape": [2, 3]}, bytes(range(12)), {"rows": 2, "columns": 3})
     assert frame.shape == (2, 3) and frame.dtype == np.uint16
+
+
+@pytest.mark.parametrize(
+    "name, syntax",
+    [("SC_rgb_jpeg_dcmtk.dcm", None), ("JPGExtended.dcm", None), ("JPEG2000.dcm", None), ("CT_small.dcm", "jpeg-ls")],
+)
+def test_codestreams_declare_the_size_their_header_says(name: str, syntax: str | None) -> None:
+    """What `service.codestreams` reads from a frame's own header (openjpeg for JPEG 2000, pydicom's marker parser
+    for JPEG and JPEG-LS: a private function, so this pins what it gives) is the header's Rows x Columns."""
+    from pydicom.uid import UID, JPEGLSLossless
+
+    from service import codestreams
+
+    data = F.compressed(F.testdata(name), JPEGLSLossless) if syntax else F.testdata(name)
+    ds = F.read(data)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1))))
+    uid = UID(ds.file_meta.TransferSyntaxUID)
+    assert codestreams.has_codestream_header(uid)
+    assert codestreams.declared_size(uid, frame) == (ds.Rows, ds.Columns)
+    assert codestreams.declared_size(uid, b"not a codestream") == codestreams.UNREADABLE
