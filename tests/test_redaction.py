@@ -17,7 +17,8 @@ from service.errors import RequestError
 MARKER = "ZQXredaction"
 
 
-# The loggers these tests write to; other tests (BentoML's logging set-up) may have disabled or quietened them.
+# The loggers these tests write to, and the root; other tests (BentoML's logging set-up, `bentoml build` in quiet
+# mode) may have disabled or quietened them.
 LOGGERS = (
     "bentoml",
     "bentoml._internal.server.http_app",
@@ -36,11 +37,11 @@ def log() -> Iterator[io.StringIO]:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
-    loggers = [logging.getLogger(name) for name in LOGGERS]
+    loggers = [root, *(logging.getLogger(name) for name in LOGGERS)]
     saved = [(logger.disabled, logger.level, logger.propagate) for logger in loggers]
     for logger in loggers:
         logger.disabled, logger.propagate = False, True
-        logger.setLevel(logging.NOTSET)
+        logger.setLevel(logging.DEBUG)
     shown = warnings.showwarning
     try:
         redaction.install()
