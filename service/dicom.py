@@ -324,6 +324,7 @@ def read_dicom(source: Source, limits: Limits = Limits(), budget: PixelBudget | 
             f"the DICOM image has pixel representation {representation}; expected 0 (unsigned) or 1 (signed)",
             HTTPStatus.UNPROCESSABLE_ENTITY,
         )
+    check_per_frame_groups(ds, frames)
     pixels = ds.get_item(PIXEL_DATA, keep_deferred=True)
     if decoder.is_native:
         expected = get_expected_length(ds, "bytes")
@@ -380,7 +381,7 @@ def _functional_group(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
 
 class DicomImage:
     """A checked DICOM image: header facts, and frames decoded (and cached) one at a time from the file's own bytes;
-    built by `read_dicom`. The frames one image decodes are bounded by `Limits.max_decoded_pixels`."""
+    built by `read_dicom`. The frames it decodes are charged to the request's `PixelBudget`."""
 
     dataset: Dataset  # the parsed header (the SEG builder's source image); Pixel Data left unread
     rows: int
@@ -463,7 +464,6 @@ class DicomImage:
 
     def _decode(self, frame: int) -> np.ndarray:
         cancellation.check()
-        check_per_frame_groups(self.dataset, self.frames)
         self.reserve((frame,))
         options = as_pixel_options(self.dataset)
         with self._open() as stream:

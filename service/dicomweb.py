@@ -8,8 +8,8 @@ instance as the PACS stores it, STOW-RS to store a SEG), each with the PACS's ti
 
 Failures become `RequestError`s: 504 when the PACS did not answer in time, 404 when it has no such instance, 502
 for anything else it answered (a redirect, an answer past the byte limit) or when it could not be reached. Their
-sentences name the PACS and the HTTP status, never a UID, a URL or a credential; `dicomweb_client`'s own logger,
-which quotes UIDs, is silenced.
+sentences name the PACS and the HTTP status, never a UID, a URL or a credential; `dicomweb_client`'s own log
+records, which quote UIDs, reach the log without their text (`service.redaction`).
 """
 
 from __future__ import annotations

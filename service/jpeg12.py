@@ -2,7 +2,7 @@
 
 pydicom's own GDCM and Pillow plugins refuse 12-bit JPEG Extended outright, and the one pydicom plugin that decodes it
 (pylibjpeg-libjpeg) is GPL-3.0, which the serving image leaves out. GDCM carries IJG's 12-bit libjpeg and decodes
-these frames (checked against DCMTK's dcmdjpeg in tests/test_dicom.py), so `service.dicom` adds this module as one
+these frames (checked against DCMTK's dcmdjpeg in tests/test_dicom.py), so `service.decoding` adds this module as one
 more plugin of pydicom's JPEG Extended decoder, tried after pydicom's own. The module follows pydicom's plugin
 contract: `is_available(uid)`, `DECODER_DEPENDENCIES` and a frame function `(src, runner) -> bytes`.
 

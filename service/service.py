@@ -63,7 +63,6 @@ CPU = "CPUExecutionProvider"
 # What a request whose client left is logged with (nginx's "client closed request"); nobody reads the answer.
 CLIENT_CLOSED = 499
 T = TypeVar("T")
-redaction.install()
 forms.install()
 
 EMBEDDINGS = bentoml.metrics.Counter(
@@ -295,7 +294,7 @@ class MedSAMix:
         budget = PixelBudget(self.limits.max_decoded_pixels)  # one for the whole request, however many instances
         for uid, prompts in work:
             data = pacs.retrieve(request.study, request.series, uid)
-            image, result = self._run_data(data, prompts, request.model, request.preset, budget)
+            image, result = self._run(data, prompts, request.model, request.preset, budget)
             seg = self._segmentation(image, result)
             segs.append(seg)
             stored = StoredSeg(study=seg.StudyInstanceUID, series=seg.SeriesInstanceUID, instance=seg.SOPInstanceUID)
@@ -320,11 +319,6 @@ class MedSAMix:
         return [(uid, request.prompts) for _, uid in pacs.instances(request.study, request.series)]
 
     def _run(
-        self, file: Path, prompts: list[Prompt], model: str | None, preset: str | None
-    ) -> tuple[DicomImage, Segmentation]:
-        return self._run_data(Path(file), prompts, model, preset)
-
-    def _run_data(
         self,
         source: Source,
         prompts: list[Prompt],
