@@ -26,27 +26,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-from pydicom.uid import JPEG2000Lossless
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.export_bench import machine  # noqa: E402
 from benchmarks.serve_bench import cases, run_load  # noqa: E402
 from service.local import peak_memory_mib, reset_peak_memory, serve  # noqa: E402
-from tests.dicomfiles import ct_dataset, ct_hu, ct_image  # noqa: E402
+from tests.dicomfiles import blank_jpeg2000, ct_hu, ct_image, repeated_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
 BOUNDARY = "medsamix-bench-boundary"
-
-
-def big_ct(path: Path, mib: int) -> None:
-    """A classic multi-frame CT of 512x512 16-bit frames totalling `mib` MiB of Pixel Data, written to `path`."""
-    frame = ct_dataset(ct_hu(512, 512, seed=7))
-    frames = mib * MIB // (512 * 512 * 2)
-    frame.NumberOfFrames = frames
-    frame.PixelData = frame.PixelData * frames
-    frame.save_as(path, enforce_file_format=True)
 
 
 def chunked_upload(path: Path, prompts: list[dict], chunk: int = MIB) -> Iterator[bytes]:
@@ -91,21 +81,6 @@ def concurrent_uploads(url: str, front: psutil.Process, path: Path, clients: int
     }
 
 
-def bomb(frames: int, size: int = 7000) -> bytes:
-    """A JPEG 2000 lossless CT of `frames` blank size x size frames: a few hundred bytes that decode to GBs."""
-    ds = ct_dataset(np.full((64, 64), -1024, np.int16))
-    ds.Rows = ds.Columns = size
-    blank = np.zeros((frames, size, size) if frames > 1 else (size, size), np.uint16)
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.compress(JPEG2000Lossless, blank, generate_instance_uid=False)
-    path = Path(tempfile.mkstemp(suffix=".dcm")[1])
-    ds.save_as(path, enforce_file_format=True)
-    data = path.read_bytes()
-    path.unlink()
-    return data
-
-
 def bomb_case(url: str, front: psutil.Process, data: bytes, frames: int) -> dict:
     reset_peak_memory(front)
     before = front.memory_info().rss / MIB
@@ -139,7 +114,7 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         upload = Path(tmp) / "big.dcm"
-        big_ct(upload, args.upload_mib)
+        upload.write_bytes(repeated_frames(args.upload_mib * MIB // (512 * 512 * 2), seed=7))
         env = {"MEDSAMIX_MODELS": str(REPO / "models"), "MEDSAMIX_MAX_LATENCY_MS": "20"}
 
         def fresh(name: str):  # each case on a new server: no case inherits another's memory
@@ -150,7 +125,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         for frames in (1, 4):
             with fresh(f"bomb-{frames}") as server:
-                rows.append(bomb_case(server.url, server.worker(), bomb(frames), frames))
+                rows.append(bomb_case(server.url, server.worker(), blank_jpeg2000(frames, 7000), frames))
                 print(json.dumps(rows[-1]), flush=True)
         image = ct_image(ct_hu(512, 512, seed=3))
         with fresh("load") as server:

@@ -300,6 +300,30 @@ def _copy(source: Dataset | bytes) -> Dataset:
     return read(source if isinstance(source, bytes) else to_bytes(source))
 
 
+def repeated_frames(frames: int, size: int = 512, seed: int = 21) -> bytes:
+    """A classic multi-frame CT of `frames` native 16-bit size x size frames, each the same seeded slice: a large
+    upload made cheaply (512 x 512: 0.5 MiB a frame)."""
+    ds = ct_dataset(ct_hu(size, size, seed=seed))
+    ds.NumberOfFrames = frames
+    ds.PixelData = ds.PixelData * frames
+    return to_bytes(ds)
+
+
+def blank_jpeg2000(frames: int, size: int, header: int | None = None) -> bytes:
+    """A JPEG 2000 lossless CT of `frames` blank size x size frames: a few hundred bytes that decode to as many
+    pixels as asked (a decompression bomb). `header` writes another size into Rows and Columns than the codestream
+    has."""
+    ds = ct_dataset(np.full((64, 64), -1024, np.int16))
+    ds.Rows = ds.Columns = size
+    blank = np.zeros((frames, size, size) if frames > 1 else (size, size), np.uint16)
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.compress(JPEG2000Lossless, blank, generate_instance_uid=False)
+    if header is not None:
+        ds.Rows = ds.Columns = header
+    return to_bytes(ds)
+
+
 def testdata(name: str) -> bytes:
     """One of pydicom's bundled test files (e.g. 'CT_small.dcm', 'MR_small.dcm') as bytes; never downloads."""
     path = get_testdata_file(name, download=False)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import shutil
 import socket
 import time
@@ -25,17 +24,14 @@ import pytest
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
-    JPEG2000Lossless,
     RLELossless,
 )
 
 from service.local import LocalServer, peak_memory_mib, reset_peak_memory, serve
 from tests import dicomfiles as files
-from tests.test_service import masks_of, reference
+from tests.test_service import AUTH, TOKEN, masks_of, metric, post, reference
 
 REPO = Path(__file__).resolve().parent.parent
-TOKEN = "hardening-token-0b1e"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MIB = 2**20
 MAX_REQUEST = 160 * MIB
 MAX_DECODED = 8 * 1024 * 1024
@@ -55,20 +51,6 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
     }  # MEDSAMIX_MAX_PIXELS keeps its default: the bombs below are sized against it
     with serve(env, tmp_path_factory.mktemp("logs") / "serve.log") as running:
         yield running
-
-
-def post(
-    server: LocalServer, dicom: bytes, prompts: Any, path: str = "/segment", filename: str = "image.dcm", **fields: Any
-) -> httpx.Response:
-    data = {"prompts": prompts if isinstance(prompts, str) else json.dumps(prompts), **fields}
-    upload = {"file": (filename, dicom, "application/dicom")}
-    return httpx.post(server.url + path, files=upload, data=data, headers=AUTH, timeout=120)
-
-
-def metric(server: LocalServer, name: str, labels: str = "") -> float:
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    match = re.search(rf"^{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def refusal(response: httpx.Response, status: int, phrase: str) -> str:
@@ -118,14 +100,6 @@ def multipart(dicom: bytes, prompts: list[dict], boundary: str = "hardening") ->
     return head + dicom, tail
 
 
-def big_ct(frames: int, size: int = 512) -> bytes:
-    """A classic multi-frame CT of `frames` native 16-bit frames (size x size), each frame the same."""
-    ds = files.ct_dataset(files.ct_hu(size, size, seed=21))
-    ds.NumberOfFrames = frames
-    ds.PixelData = ds.PixelData * frames
-    return files.to_bytes(ds)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # 1-2. Bodies: framing, counting, memory, a client that hangs up.
 # --------------------------------------------------------------------------------------------------------------
@@ -165,7 +139,7 @@ def test_a_chunked_body_is_counted_as_it_arrives_and_cut_at_the_limit(server: Lo
 @pytest.mark.parametrize("framing", ["chunked", "content-length"])
 def test_an_upload_is_not_held_in_memory(server: LocalServer, framing: str) -> None:
     front = server.worker()
-    dicom = big_ct(frames=192)  # 96 MiB of pixels
+    dicom = files.repeated_frames(192)  # 96 MiB of pixels
     head, tail = multipart(dicom, [{"box": [64, 64, 320, 300], "frame": 3}])
     headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=hardening"}
 
@@ -185,7 +159,7 @@ def test_an_upload_is_not_held_in_memory(server: LocalServer, framing: str) -> N
 
 def test_the_work_of_a_client_that_hung_up_is_dropped(server: LocalServer) -> None:
     frames = MAX_PROMPTS
-    dicom = big_ct(frames=frames)
+    dicom = files.repeated_frames(frames)
     prompts = [{"box": [64, 64, 320, 300], "frame": i} for i in range(frames)]
     head, tail = multipart(dicom, prompts)
     encoded, abandoned = (
@@ -210,20 +184,6 @@ def test_the_work_of_a_client_that_hung_up_is_dropped(server: LocalServer) -> No
 # --------------------------------------------------------------------------------------------------------------
 
 
-def blank_jpeg2000(frames: int, size: int, header: int | None = None) -> bytes:
-    """A JPEG 2000 lossless CT of blank size x size frames: a few hundred bytes. `header` writes another size into
-    Rows and Columns than the codestream has."""
-    ds = files.ct_dataset(np.full((16, 16), -1024, np.int16))
-    ds.Rows = ds.Columns = size
-    blank = np.zeros((frames, size, size) if frames > 1 else (size, size), np.uint16)
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.compress(JPEG2000Lossless, blank, generate_instance_uid=False)
-    if header is not None:
-        ds.Rows = ds.Columns = header
-    return files.to_bytes(ds)
-
-
 def test_a_decompression_bomb_is_refused_on_its_header() -> None:
     from service.config import Settings
 
@@ -232,12 +192,12 @@ def test_a_decompression_bomb_is_refused_on_its_header() -> None:
 
 
 def test_bombs_are_refused_before_they_are_decoded(server: LocalServer) -> None:
-    bomb = blank_jpeg2000(1, 7000)
+    bomb = files.blank_jpeg2000(1, 7000)
     assert len(bomb) < 4096
     refusal(post(server, bomb, [{"box": [0, 0, 100, 100]}]), 413, "pixels per frame")
-    liar = blank_jpeg2000(1, 7000, header=512)  # the header says 512 x 512, the codestream 7000 x 7000
+    liar = files.blank_jpeg2000(1, 7000, header=512)  # the header says 512 x 512, the codestream 7000 x 7000
     refusal(post(server, liar, [{"box": [0, 0, 100, 100]}]), 422, "codestream declares 7000x7000 pixels")
-    many = blank_jpeg2000(3, 2048)  # three frames within the per-frame limit, over the per-request one
+    many = files.blank_jpeg2000(3, 2048)  # three frames within the per-frame limit, over the per-request one
     prompts = [{"box": [0, 0, 100, 100], "frame": i} for i in range(3)]
     refusal(post(server, many, prompts), 413, f"decodes at most {MAX_DECODED} per request")
     assert masks_of(post(server, many, prompts[:1]))  # one frame of it is within the budget
@@ -321,10 +281,10 @@ MARKERS = {
     "StudyID": "ZQXA10",
 }
 UID_MARKERS = {  # UIDs are numbers: a marker of digits nothing else contains
-    "StudyInstanceUID": "1.2.826.0.1.3680043.10.8881",
-    "SeriesInstanceUID": "1.2.826.0.1.3680043.10.8882",
-    "SOPInstanceUID": "1.2.826.0.1.3680043.10.8883",
-    "FrameOfReferenceUID": "1.2.826.0.1.3680043.10.8884",
+    "StudyInstanceUID": "2.25.88800000000001",
+    "SeriesInstanceUID": "2.25.88800000000002",
+    "SOPInstanceUID": "2.25.88800000000003",
+    "FrameOfReferenceUID": "2.25.88800000000004",
 }
 REQUEST_MARKERS = ("ZQXR01", "ZQXR02", "ZQXR03", "ZQXR04", "ZQXR05", "ZQXR06", "ZQXR07", "ZQXR08", "ZQXR09")
 

@@ -71,10 +71,11 @@ def post(
     prompts: Any,
     path: str = "/segment",
     headers: dict[str, str] | None = None,
+    filename: str = "image.dcm",
     **fields: str,
 ) -> httpx.Response:
     data = {"prompts": prompts if isinstance(prompts, str) else json.dumps(prompts), **fields}
-    upload = {"file": ("image.dcm", dicom, "application/dicom")}
+    upload = {"file": (filename, dicom, "application/dicom")}
     headers = AUTH if headers is None else headers
     return httpx.post(server.url + path, files=upload, data=data, headers=headers, timeout=60)
 
@@ -97,10 +98,15 @@ def masks_of(response: httpx.Response) -> list[np.ndarray]:
     return [decode_rle(r["mask"]) for r in response.json()["results"]]
 
 
-def counter(server: LocalServer, source: str) -> float:
+def metric(server: LocalServer, name: str, labels: str = "") -> float:
+    """The value of metric `name` (with the label set `labels`, e.g. '{source="cache"}') on /metrics; 0 if absent."""
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    match = re.search(rf'^medsamix_embeddings_total{{source="{source}"}} ([0-9.e+]+)$', text, re.M)
+    match = re.search(rf"^{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+def counter(server: LocalServer, source: str) -> float:
+    return metric(server, "medsamix_embeddings_total", f'{{source="{source}"}}')
 
 
 def test_masks_equal_the_store_models_run_directly(server: LocalServer, store: Path) -> None:
