@@ -23,7 +23,7 @@ import pytest
 from service.local import LocalServer, serve
 from tests import dicomfiles as files
 from tests.test_dicom import DCMTK_JPG_EXTENDED_SHA256, NONFINITE_SENTENCE, palette_rgb
-from tests.test_service import masks_of, post, reference
+from tests.test_service import masks_of, post, reference, refusal
 
 REPO = Path(__file__).resolve().parent.parent
 BOX = [8, 6, 60, 50]  # inside every 64x80 image here
@@ -43,14 +43,6 @@ def send(server: LocalServer, dicom: bytes, prompts: Any, path: str = "/segment"
     if response.headers.get("content-type", "").startswith("application/json"):
         ANSWERS.append(response.text)
     return response
-
-
-def refusal(response: httpx.Response, status: int) -> str:
-    """The one sentence of a refusal with `status`."""
-    assert response.status_code == status, (response.status_code, response.text)
-    message = response.json()["error"]
-    assert "\n" not in message and "Traceback" not in message, message
-    return message
 
 
 def seg_of(response: httpx.Response) -> highdicom.seg.Segmentation:

@@ -29,7 +29,7 @@ from pydicom.uid import (
 
 from service.local import LocalServer, peak_memory_mib, reset_peak_memory, serve
 from tests import dicomfiles as files
-from tests.test_service import AUTH, TOKEN, masks_of, metric, post, reference
+from tests.test_service import AUTH, TOKEN, masks_of, metric, post, reference, refusal
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -51,15 +51,6 @@ def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
     }  # MEDSAMIX_MAX_PIXELS keeps its default: the bombs below are sized against it
     with serve(env, tmp_path_factory.mktemp("logs") / "serve.log") as running:
         yield running
-
-
-def refusal(response: httpx.Response, status: int, phrase: str) -> str:
-    """The one sentence of a refusal with `status` that contains `phrase`."""
-    assert response.status_code == status, response.text
-    message = response.json()["error"]
-    assert phrase in message, message
-    assert "\n" not in message and "Traceback" not in message, message
-    return message
 
 
 def raw_request(server: LocalServer, head: str, body: bytes = b"") -> socket.socket:

@@ -93,6 +93,15 @@ def reference(store: Path, name: str, dicom: bytes, boxes: list, frame: int = 0,
     return geometry.mask_to_image(logits, frame_geometry, size), iou
 
 
+def refusal(response: httpx.Response, status: int, phrase: str = "") -> str:
+    """The one sentence of a refusal with `status` (containing `phrase`): one line, no traceback."""
+    assert response.status_code == status, response.text
+    message = response.json()["error"]
+    assert phrase in message, message
+    assert "\n" not in message and "Traceback" not in message, message
+    return message
+
+
 def masks_of(response: httpx.Response) -> list[np.ndarray]:
     assert response.status_code == 200, response.text
     return [decode_rle(r["mask"]) for r in response.json()["results"]]
