@@ -176,6 +176,40 @@ def ct_hu(rows: int = 64, columns: int = 80, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(-1000, 1500, (rows, columns), dtype=np.int16)
 
 
+def ct_series(
+    hu: np.ndarray,
+    *,
+    spacing: float = 2.5,
+    positions: Sequence[float] | None = None,
+    orientation: Sequence[float] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    series_instance_uid: str | None = None,
+    **kwargs: object,
+) -> list[Dataset]:
+    """A CT series of `hu` (ZxHxW HU): slice z at `positions[z]` mm along the orientation's normal (default
+    z * `spacing`), one series, study and frame of reference; InstanceNumber runs opposite to z on purpose, so a
+    reader that sorts by it (or by file order) gets the volume upside down. Other keywords as `ct_dataset`."""
+    hu = np.asarray(hu)
+    positions = [z * spacing for z in range(len(hu))] if positions is None else list(positions)
+    series = series_instance_uid or uid("ct volume series", hu.tobytes())
+    row, column = np.asarray(orientation[:3], np.float64), np.asarray(orientation[3:], np.float64)
+    normal = np.cross(row, column)
+    origin = np.array([-100.0, -120.0, 0.0])
+    slices = []
+    for z, (image, position) in enumerate(zip(hu, positions, strict=True)):
+        ds = ct_dataset(
+            image,
+            sop_instance_uid=uid("ct volume slice", series, z),
+            series_instance_uid=series,
+            instance_number=len(hu) - z,
+            **kwargs,
+        )
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.ImagePositionPatient = [float(v) for v in origin + position * normal]
+        ds.SliceThickness = spacing
+        slices.append(ds)
+    return slices
+
+
 def multiframe_dataset(
     frames: np.ndarray, *, intercept: float = -1024.0, window: tuple[float, float] = (40.0, 400.0)
 ) -> Dataset:
