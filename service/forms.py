@@ -44,26 +44,39 @@ class UploadForm(MultipartSerde):
     """Parses `multipart/form-data` (and url-encoded) bodies for the API's input model `cls`."""
 
     @staticmethod
-    async def ensure_file(obj: str | UploadFile) -> UploadFile:
+    async def ensure_file(obj: str | UploadFile, name: str = "file") -> UploadFile:
         if isinstance(obj, UploadFile):
             return obj
-        raise BadInput("the field 'file' must be an uploaded file (a multipart file part), not text or a URL")
+        raise BadInput(f"the field '{name}' must be an uploaded file (a multipart file part), not text or a URL")
+
+    #: Files one field of a list of files (a series upload) may hold; `install` sets the server's limit.
+    max_files: typing.ClassVar[int] = 1
 
     async def parse_request(self, request: Request, cls: Any) -> Any:
         files = set(cls.multipart_fields)
-        form = await _read_form(request, files=len(files) + 1)  # one more, so a repeated file gets its own sentence
+        lists = {name for name in files if typing.get_origin(cls.model_fields[name].annotation) is list}
+        allowed = {name: self.max_files if name in lists else 1 for name in cls.model_fields}
+        # One file more than allowed, so a repeated or one-too-many file gets its own sentence.
+        form = await _read_form(request, files=sum(allowed[name] for name in files) + 1)
         counts: dict[str, int] = {}
         for name, _ in form.multi_items():
             counts[name] = counts.get(name, 0) + 1
         for name in cls.model_fields:
-            if counts.get(name, 0) > 1:
+            if counts.get(name, 0) > allowed[name] == 1:
                 raise BadInput(f"expected the field '{name}' once, found it {counts[name]} times")
+            if counts.get(name, 0) > allowed[name]:
+                raise TooLarge(
+                    f"expected at most {allowed[name]} files in the field '{name}' (this server's limit of instances "
+                    f"per request), found {counts[name]}"
+                )
         data: dict[str, Any] = {}
         for name, value in form.multi_items():
             if name not in cls.model_fields:
                 continue  # a field the route does not declare is ignored (and its name never repeated)
-            if name in files:
-                data[name] = await _spool(await self.ensure_file(value))
+            if name in lists:
+                data.setdefault(name, []).append(await _spool(await self.ensure_file(value, name)))
+            elif name in files:
+                data[name] = await _spool(await self.ensure_file(value, name))
             elif isinstance(value, UploadFile):
                 raise BadInput(f"expected the field '{name}' as text, found a file part")
             elif _is_text(cls.model_fields[name].annotation):
@@ -81,7 +94,7 @@ async def _read_form(request: Request, files: int) -> FormData:
         reason = str(getattr(error, "detail", None) or getattr(error, "message", "") or "malformed")
         sentence = (
             f"expected a multipart/form-data body with a boundary, at most {MAX_PARTS} text fields of at most "
-            f"{MAX_TEXT_BYTES} bytes each and {files - 1} file, found one this server cannot read "
+            f"{MAX_TEXT_BYTES} bytes each and at most {files - 1} file(s), found one this server cannot read "
             f"({reason.rstrip('.').replace('. ', '; ').lower()})"
         )
         raise (TooLarge if "exceeded maximum size" in reason else BadInput)(sentence) from None
@@ -118,8 +131,10 @@ def _json(name: str, text: str) -> Any:
         ) from None
 
 
-def install() -> None:
-    """Make this parser the one BentoML uses for multipart and url-encoded bodies."""
+def install(max_files: int) -> None:
+    """Make this parser the one BentoML uses for multipart and url-encoded bodies, taking at most `max_files` files
+    in a field that holds a list of them."""
+    UploadForm.max_files = max_files
     for media_type, serde in list(ALL_SERDE.items()):
         if serde is MultipartSerde:
             ALL_SERDE[media_type] = UploadForm  # type: ignore[index]

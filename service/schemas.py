@@ -6,7 +6,7 @@ import typing
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from typing_extensions import TypedDict
 
 SEGMENT_LABEL_CHARS = 64  # a DICOM SegmentLabel is an LO
@@ -35,7 +35,11 @@ class Prompt(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    box: tuple[float, float, float, float] = Field(description="XYXY: x0, y0, x1, y1 with x0 < x1 and y0 < y1")
+    box: tuple[float, float, float, float] | None = Field(
+        None, description="XYXY: x0, y0, x1, y1 with x0 < x1 and y0 < y1"
+    )
+    foreground: list[tuple[float, float]] = Field([], description="TEMP until the points branch lands")
+    background: list[tuple[float, float]] = Field([], description="TEMP until the points branch lands")
     frame: int = Field(0, ge=0, description="frame index of a multi-frame image (0 for single-frame images)")
     label: Annotated[str, AfterValidator(check_segment_label)] | None = Field(
         None,
@@ -47,6 +51,53 @@ class Prompt(BaseModel):
         max_length=64,
         description="route to the model merged for this task (else the default model) and use its intensity preset",
     )
+
+
+class SeriesPrompt(BaseModel):
+    """One structure to segment through a series, from a box on one slice, a 3-D box, or clicks.
+
+    Slices are indexed 0..n-1 in the order of the volume: sorted along the slice normal by position (not by
+    InstanceNumber or file order). x and y are the DICOM image's pixel coordinates, as in a `Prompt`'s box."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    box: tuple[float, float, float, float] | None = Field(
+        None, description="XYXY box (x0, y0, x1, y1) on slice `slice`; propagation starts there"
+    )
+    slice: int | None = Field(None, ge=0, description="the slice `box` is drawn on (0-based volume index)")
+    box3d: tuple[float, float, float, float, float, float] | None = Field(
+        None,
+        description="3-D box x0, y0, z0, x1, y1, z1: x and y as `box`, z0 <= z1 slice indices, both inclusive; "
+        "propagation starts on its middle slice and stays inside it",
+    )
+    foreground: list[tuple[float, float, int]] = Field(
+        [], description="clicks on the structure, [x, y, z] (z: slice index); used on the slices they are on"
+    )
+    background: list[tuple[float, float, int]] = Field([], description="clicks beside it, [x, y, z]")
+    label: Annotated[str, AfterValidator(check_segment_label)] | None = Field(
+        None, description="segment label, as a `Prompt`'s; default: the task, else 'segment'"
+    )
+    task: str | None = Field(None, max_length=64, description="as a `Prompt`'s: routing and intensity preset")
+    margin: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="each next slice's box is the previous slice's mask's box grown on each side by this fraction of "
+        "its width and height (at least one pixel)",
+    )
+    min_area: int = Field(
+        10, ge=1, description="propagation stops in a direction at the first slice whose mask has fewer pixels"
+    )
+
+    @model_validator(mode="after")
+    def _one_start(self) -> SeriesPrompt:
+        if self.box3d is not None and (self.box is not None or self.slice is not None):
+            raise ValueError("expected either a 3-D box or a box on a slice, found both")
+        if (self.box is None) != (self.slice is None):
+            raise ValueError("expected a box together with the slice it is drawn on, found only one of the two")
+        if self.box is None and self.box3d is None and not self.foreground:
+            raise ValueError("expected a box on a slice, a 3-D box or at least one foreground click, found none")
+        return self
 
 
 class Rle(BaseModel):
@@ -66,6 +117,40 @@ class PromptResult(BaseModel):
     mask: Rle
     area: int = Field(description="foreground pixels")
     iou: float = Field(description="the model's predicted IoU of its mask")
+
+
+class SliceResult(BaseModel):
+    """One slice a series prompt's walk segmented."""
+
+    slice: int = Field(description="volume index (0-based, along the slice normal)")
+    source: str = Field(description="SOP Instance UID of the instance the slice is in")
+    frame: int = Field(description="the slice's frame in that instance (0 for single-frame instances)")
+    box: tuple[float, float, float, float] | None = Field(
+        description="the box this slice was prompted with (the previous slice's mask's, grown); null: clicks only"
+    )
+    area: int = Field(description="foreground pixels")
+    iou: float = Field(description="the model's predicted IoU of its mask")
+    mask: Rle | None = Field(None, description="the mask (null in a DICOMweb answer: the SEG holds it)")
+
+
+class SeriesResult(BaseModel):
+    """What one series prompt gave: every slice its walk segmented, in slice order."""
+
+    label: str
+    task: str | None
+    model: str = Field(description="the model that segmented this prompt (a key of `models`)")
+    start: int = Field(description="the slice the walk started on")
+    voxels: int = Field(description="foreground voxels over all slices")
+    slices: list[SliceResult]
+
+
+class VolumeInfo(BaseModel):
+    """The volume the series formed."""
+
+    slices: int
+    rows: int
+    columns: int
+    spacing: float = Field(description="mm between neighbouring slices")
 
 
 class ModelRef(BaseModel):
@@ -122,6 +207,28 @@ class InstanceResult(BaseModel):
 
 class DicomwebResponse(BaseModel):
     instances: list[InstanceResult]
+    models: dict[str, ModelRef]
+
+
+class SeriesResponse(BaseModel):
+    volume: VolumeInfo
+    results: list[SeriesResult]
+    models: dict[str, ModelRef]
+
+
+class DicomwebSeriesRequest(DicomwebStudy):
+    """Segment a whole series on a PACS from prompts on its volume and store one DICOM SEG for it back."""
+
+    series: Uid = Field(description="Series Instance UID")
+    prompts: list[SeriesPrompt]
+    model: str | None = Field(None, description="serve every prompt with this model (else routing by task)")
+    preset: str | None = Field(None, description="force an intensity preset")
+
+
+class DicomwebSeriesResponse(BaseModel):
+    seg: StoredSeg = Field(description="the one SEG stored for the series")
+    volume: VolumeInfo
+    results: list[SeriesResult]
     models: dict[str, ModelRef]
 
 

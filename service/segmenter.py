@@ -26,8 +26,10 @@ from service import cancellation, imaging
 from service.cache import DisplayMemo, Embedding, EmbeddingCache
 from service.dicom import DicomImage
 from service.errors import RequestError
-from service.schemas import EncodeJob, Prompt
+from service.propagation import Ask, SliceAnswer, plan, propagate
+from service.schemas import EncodeJob, Prompt, SeriesPrompt
 from service.store import LoadedModel
+from service.volume import Volume
 
 Encode = Callable[[list[EncodeJob]], list[np.ndarray]]
 
@@ -164,6 +166,27 @@ class Segmentation:
     cached: int
 
 
+@dataclass(frozen=True)
+class SeriesSegmented:
+    """The answer to one series prompt: the slices its walk segmented (slice order), from its start slice."""
+
+    label: str
+    task: str | None
+    model: str
+    start: int
+    slices: list[SliceAnswer]
+
+
+@dataclass(frozen=True)
+class SeriesSegmentation:
+    """Every series prompt's answer in request order, and how many embeddings were computed vs taken from the
+    cache."""
+
+    results: list[SeriesSegmented]
+    encoded: int
+    cached: int
+
+
 class Segmenter:
     def __init__(
         self,
@@ -173,12 +196,14 @@ class Segmenter:
         cache: EmbeddingCache,
         max_prompts: int,
         displays: DisplayMemo | None = None,
+        max_points: int = 32,
     ) -> None:
         self.models = models
         self.router = Router(models, default)
         self.encode = encode
         self.cache = cache
         self.max_prompts = max_prompts
+        self.max_points = max_points
         self.displays = DisplayMemo() if displays is None else displays
 
     def segment(
@@ -186,20 +211,9 @@ class Segmenter:
     ) -> Segmentation:
         """Masks for `prompts` on `image`; `model` overrides routing, `preset` the intensity window of every
         prompt (else a prompt's task's preset, else the image's own window)."""
-        if not prompts:
-            raise RequestError("expected at least one prompt with a box; the request has none")
-        if len(prompts) > self.max_prompts:
-            raise RequestError(
-                f"the request has {len(prompts)} prompts; this server takes at most {self.max_prompts} per request",
-                413,
-            )
-        if preset is not None and preset not in imaging.PRESETS:
-            raise RequestError(
-                f"the request names an intensity preset this server does not know; known presets: "
-                f"{', '.join(imaging.PRESETS)}"
-            )
+        self._check_request(len(prompts), preset)
         try:
-            boxes = imaging.check_boxes(np.array([p.box for p in prompts], np.float64), image.rows, image.columns)
+            imaging.check_boxes(np.array([p.box for p in prompts], np.float64), image.rows, image.columns)
         except imaging.ImagingError as error:
             raise RequestError(str(error)) from None
 
@@ -212,35 +226,96 @@ class Segmenter:
             groups.setdefault((served.name, frame, window), []).append(i)
         image.reserve({frame for _, frame, _ in groups})
 
-        embeddings, encoded = self._embeddings(image, list(groups))
+        keys = list(groups)
+        found, encoded = self._embeddings([(image, frame, name, window) for name, frame, window in keys])
+        embeddings = dict(zip(keys, found, strict=True))
         results: list[Segmented | None] = [None] * len(prompts)
         for key, indices in groups.items():
             cancellation.check()
             served = self.models[key[0]]
-            masks, ious = served.decode(embeddings[key], boxes[indices])
+            masks, ious = self._decode(served, embeddings[key], [prompts[i] for i in indices])
             for i, mask, iou in zip(indices, masks, ious, strict=True):
                 prompt = prompts[i]
                 label = prompt.label or prompt.task or "segment"
                 results[i] = Segmented(label, prompt.frame, prompt.task, served.name, mask, float(iou))
         return Segmentation(results, encoded, len(groups) - encoded)  # type: ignore[arg-type]
 
-    def _embeddings(
-        self, image: DicomImage, keys: list[tuple[str, int, str | None]]
-    ) -> tuple[dict[tuple[str, int, str | None], Embedding], int]:
-        """The embedding of each (model, frame, preset): every frame decoded and displayed (so checked) first,
-        then taken from the cache, else encoded in one call for all misses."""
-        found: dict[tuple[str, int, str | None], Embedding] = {}
-        missing: list[tuple[tuple[str, str, str], tuple[str, int, str | None], imaging.Frame]] = []
+    def _check_request(self, prompts: int, preset: str | None) -> None:
+        if not prompts:
+            raise RequestError("expected at least one prompt with a box; the request has none")
+        if prompts > self.max_prompts:
+            raise RequestError(
+                f"the request has {prompts} prompts; this server takes at most {self.max_prompts} per request", 413
+            )
+        if preset is not None and preset not in imaging.PRESETS:
+            raise RequestError(
+                f"the request names an intensity preset this server does not know; known presets: "
+                f"{', '.join(imaging.PRESETS)}"
+            )
+
+    @staticmethod
+    def _decode(served: Served, embedding: Embedding, prompts: Sequence[Prompt]) -> tuple[np.ndarray, np.ndarray]:
+        """One decoder run of `served` for `prompts` (checked) on one embedding: bool masks and predicted IoUs."""
+        return served.decode(embedding, np.array([p.box for p in prompts], np.float64))
+
+    def segment_series(
+        self, volume: Volume, prompts: Sequence[SeriesPrompt], model: str | None = None, preset: str | None = None
+    ) -> SeriesSegmentation:
+        """Masks through `volume` for each series prompt (`service.propagation`): routed and windowed as `segment`
+        routes a prompt; each slice encoded at most once per request, the next slices of every walk in one batch."""
+        self._check_request(len(prompts), preset)
+        routed = [self.router.route(p.task, model, i) for i, p in enumerate(prompts)]
+        windows = [preset or (s.presets.get(p.task) if p.task else None) for s, p in zip(routed, prompts, strict=True)]
+        walks = [
+            plan(p, i, len(volume), volume.rows, volume.columns, self.max_points) for i, p in enumerate(prompts)
+        ]
+        memo: dict[tuple[str, int, str | None], Embedding] = {}
+        encoded = 0
+
+        def key(walk: int, z: int) -> tuple[str, int, str | None]:
+            return routed[walk].name, z, windows[walk]
+
+        def decode(asks: Sequence[Ask], upcoming: Sequence[tuple[int, int]]) -> list[tuple[np.ndarray, float]]:
+            nonlocal encoded
+            wanted = [key(a.walk, a.slice) for a in asks] + [key(w, z) for w, z in upcoming]
+            new = [k for k in dict.fromkeys(wanted) if k not in memo]
+            items = [(volume.slices[z].image, volume.slices[z].frame, name, window) for name, z, window in new]
+            found, count = self._embeddings(items)
+            memo.update(zip(new, found, strict=True))
+            encoded += count
+            out: list[tuple[np.ndarray, float] | None] = [None] * len(asks)
+            groups: dict[tuple[str, int, str | None], list[int]] = {}
+            for i, ask in enumerate(asks):
+                groups.setdefault(key(ask.walk, ask.slice), []).append(i)
+            for k, indices in groups.items():
+                cancellation.check()
+                masks, ious = self._decode(self.models[k[0]], memo[k], [asks[i].prompt for i in indices])
+                for i, mask, iou in zip(indices, masks, ious, strict=True):
+                    out[i] = (mask, float(iou))
+            return out  # type: ignore[return-value]
+
+        walked = propagate(walks, decode)
+        results = [
+            SeriesSegmented(p.label or p.task or "segment", p.task, served.name, walk.start, answers)
+            for p, served, walk, answers in zip(prompts, routed, walks, walked, strict=True)
+        ]
+        return SeriesSegmentation(results, encoded, len(memo) - encoded)
+
+    def _embeddings(self, items: Sequence[tuple[DicomImage, int, str, str | None]]) -> tuple[list[Embedding], int]:
+        """The embedding of each (image, frame, model, window), in order, and how many were encoded: every frame
+        decoded and displayed (so checked) first, then taken from the cache, else encoded in one call for all
+        misses."""
+        found: list[Embedding | None] = [None] * len(items)
+        missing: list[tuple[int, tuple[str, str, str], imaging.Frame]] = []
         jobs: list[EncodeJob] = []
-        for key in keys:
-            name, frame, window = key
+        for index, (image, frame, name, window) in enumerate(items):
             served = self.models[name]
             seen = (image.file_digest, frame, window)
             digest = self.displays.get(seen)
             if digest is not None:  # these very bytes were displayed before: the digest is known without decoding
                 entry = self.cache.get((name, served.model.manifest_sha256, digest))
                 if entry is not None:
-                    found[key] = entry
+                    found[index] = entry
                     continue
             try:
                 pixels = image.display(frame, window)
@@ -249,20 +324,20 @@ class Segmenter:
                 cache_key = (name, served.model.manifest_sha256, digest)
                 entry = self.cache.get(cache_key)
                 if entry is not None:
-                    found[key] = entry
+                    found[index] = entry
                     continue
                 model_input, geometry_frame = served.geometry.prepare(pixels, served.size)
             except imaging.ImagingError as error:
                 raise RequestError(f"frame {frame} cannot be prepared for the model: {error}", 422) from None
             jobs.append(EncodeJob(model=name, image=model_input, resized=geometry_frame.resized))
-            missing.append((cache_key, key, geometry_frame))
+            missing.append((index, cache_key, geometry_frame))
         if jobs:
             cancellation.check()
-            for (cache_key, key, geometry_frame), array in zip(missing, self.encode(jobs), strict=True):
+            for (index, cache_key, geometry_frame), array in zip(missing, self.encode(jobs), strict=True):
                 entry = Embedding(np.asarray(array, np.float32), geometry_frame)
                 self.cache.put(cache_key, entry)
-                found[key] = entry
-        return found, len(jobs)
+                found[index] = entry
+        return found, len(jobs)  # type: ignore[return-value]
 
 
 def pixels_digest(pixels: np.ndarray) -> str:

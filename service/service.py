@@ -14,8 +14,9 @@ refused folders are reported with their reasons in `GET /models`, in `/readyz`'s
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -38,6 +39,8 @@ from service.runtime import available_providers
 from service.schemas import (
     DicomwebRequest,
     DicomwebResponse,
+    DicomwebSeriesRequest,
+    DicomwebSeriesResponse,
     DicomwebStudy,
     EncodeJob,
     InstanceRef,
@@ -50,12 +53,18 @@ from service.schemas import (
     RefusedModel,
     Rle,
     SegmentResponse,
+    SeriesPrompt,
+    SeriesResponse,
+    SeriesResult,
+    SliceResult,
     StoredSeg,
+    VolumeInfo,
     field_names,
 )
-from service.seg import Algorithm, SegmentMask, build_seg
-from service.segmenter import Segmentation, Segmenter, Served, encode_jobs
+from service.seg import Algorithm, SegmentMask, SliceMask, build_seg, build_series_seg
+from service.segmenter import SeriesSegmentation, Segmentation, Segmenter, Served, encode_jobs
 from service.store import ModelStore
+from service.volume import Volume, build_volume
 
 logger = logging.getLogger("medsamix")
 SETTINGS = Settings.from_env()
@@ -63,7 +72,7 @@ CPU = "CPUExecutionProvider"
 # What a request whose client left is logged with (nginx's "client closed request"); nobody reads the answer.
 CLIENT_CLOSED = 499
 T = TypeVar("T")
-forms.install()
+forms.install(max_files=SETTINGS.max_instances)
 
 EMBEDDINGS = bentoml.metrics.Counter(
     name="medsamix_embeddings_total",
@@ -249,7 +258,7 @@ class MedSAMix:
         """The same masks as one DICOM SEG instance (one segment per label) that references the source image.
 
         All prompts of one request must be answered by one model (the SEG names it as its algorithm)."""
-        return _answer(lambda: self._seg_response(*self._run(file, prompts, model, preset)))
+        return _answer(lambda: self._dicom_response(self._segmentation(*self._run(file, prompts, model, preset))))
 
     @bentoml.api(route="/segment/dicomweb")
     def segment_dicomweb(self, request: DicomwebRequest, /) -> DicomwebResponse:
@@ -271,6 +280,36 @@ class MedSAMix:
                 for series, instance in self._pacs(request).instances(request.study, request.series)
             ]
         )
+
+    @bentoml.api(route="/segment/series")
+    def segment_series(
+        self, files: list[Path], prompts: list[SeriesPrompt], model: str | None = None, preset: str | None = None
+    ) -> SeriesResponse:
+        """Masks through a series from one prompt per structure: the slices are sorted into a volume along their
+        normal, the prompted slice is segmented and each neighbour outward is prompted with the previous mask's box
+        (MedSAM's 3-D inference); one COCO RLE mask per segmented slice.
+
+        `files`: the DICOM files of one series (single-frame instances, or one enhanced multi-frame instance), one
+        part each. `prompts`: JSON list of {box + slice | box3d [x0, y0, z0, x1, y1, z1] | foreground/background
+        clicks [x, y, z], label, task, margin, min_area}; slice indices are the volume's (0-based, along the
+        normal). `model`, `preset`: as for /segment."""
+        return _answer(lambda: self._series_response(*self._run_series(files, prompts, model, preset)))
+
+    @bentoml.api(route="/segment/series/seg")
+    def segment_series_seg(
+        self, files: list[Path], prompts: list[SeriesPrompt], model: str | None = None, preset: str | None = None
+    ) -> SegFile:
+        """The same masks as one DICOM SEG for the series: it references every instance that has a mask, one
+        segment per label, frames only where a mask is non-empty."""
+        return _answer(lambda: self._dicom_response(self._series_seg(*self._run_series(files, prompts, model, preset))))
+
+    @bentoml.api(route="/segment/dicomweb/series")
+    def segment_dicomweb_series(self, request: DicomwebSeriesRequest, /) -> DicomwebSeriesResponse:
+        """Retrieve every instance of a series from an allowed PACS, segment it as /segment/series does, store one
+        DICOM SEG for the whole series back (one STOW-RS request, once every slice is segmented: a request that
+        fails part way stores nothing) and answer with its UIDs and a per-slice summary (no masks: the SEG holds
+        them). Errors as for /segment/dicomweb."""
+        return _answer(lambda: self._segment_dicomweb_series(request))
 
     def _pacs(self, request: DicomwebStudy) -> Pacs:
         if self.settings.dicomweb is None:
@@ -304,6 +343,77 @@ class MedSAMix:
         names = {r.model for i in instances for r in i.results}
         return DicomwebResponse(instances=instances, models=self._refs(names))
 
+    def _segment_dicomweb_series(self, request: DicomwebSeriesRequest) -> DicomwebSeriesResponse:
+        pacs = self._pacs(request)
+        refs = pacs.instances(request.study, request.series)
+        self._check_instances(len(refs))
+        sources = [_spooled(pacs.retrieve(request.study, request.series, uid)) for _, uid in refs]
+        volume, result = self._run_series(sources, request.prompts, request.model, request.preset)
+        seg = self._series_seg(volume, result)
+        pacs.store([seg])
+        logger.info("stored 1 SEG over %d slices into PACS '%s'", len(volume), pacs.name)
+        return DicomwebSeriesResponse(
+            seg=StoredSeg(study=seg.StudyInstanceUID, series=seg.SeriesInstanceUID, instance=seg.SOPInstanceUID),
+            volume=_volume_info(volume),
+            results=self._series_results(volume, result, masks=False),
+            models=self._refs({r.model for r in result.results}),
+        )
+
+    def _check_instances(self, count: int) -> None:
+        if count > self.settings.max_instances:
+            raise RequestError(
+                f"the series has {count} instances; this server takes at most {self.settings.max_instances} per "
+                "request (MEDSAMIX_MAX_INSTANCES)",
+                413,
+            )
+
+    def _run_series(
+        self, sources: Sequence[Source], prompts: list[SeriesPrompt], model: str | None, preset: str | None
+    ) -> tuple[Volume, SeriesSegmentation]:
+        self._check_started()
+        self._check_instances(len(sources))
+        budget = PixelBudget(self.limits.max_decoded_pixels)  # one for the whole series
+        volume = build_volume([read_dicom(source, self.limits, budget) for source in sources])
+        result = self.segmenter.segment_series(volume, prompts, model, preset)
+        self._count(result.encoded, result.cached, [r.model for r in result.results])
+        return volume, result
+
+    def _series_results(self, volume: Volume, result: SeriesSegmentation, masks: bool) -> list[SeriesResult]:
+        return [
+            SeriesResult(
+                label=r.label,
+                task=r.task,
+                model=r.model,
+                start=r.start,
+                voxels=sum(int(a.mask.sum()) for a in r.slices),
+                slices=[
+                    SliceResult(
+                        slice=a.slice,
+                        source=volume.slices[a.slice].uid,
+                        frame=volume.slices[a.slice].frame,
+                        box=a.box,
+                        area=int(a.mask.sum()),
+                        iou=a.iou,
+                        mask=Rle(**encode_rle(a.mask)) if masks else None,
+                    )
+                    for a in r.slices
+                ],
+            )
+            for r in result.results
+        ]
+
+    def _series_response(self, volume: Volume, result: SeriesSegmentation) -> SeriesResponse:
+        return SeriesResponse(
+            volume=_volume_info(volume),
+            results=self._series_results(volume, result, masks=True),
+            models=self._refs({r.model for r in result.results}),
+        )
+
+    def _series_seg(self, volume: Volume, result: SeriesSegmentation) -> highdicom.seg.Segmentation:
+        """The one DICOM SEG of `result` on `volume`, named after the one model that answered every prompt."""
+        masks = [SliceMask(r.label, a.slice, a.mask) for r in result.results for a in r.slices]
+        return build_series_seg(volume, masks, self._algorithm({r.model for r in result.results}))
+
     def _dicomweb_work(self, request: DicomwebRequest, pacs: Pacs) -> list[tuple[str, list[Prompt]]]:
         """(SOP Instance UID, its prompts) for each instance the request names, or for the whole series."""
         if isinstance(request.prompts, dict):
@@ -326,15 +436,22 @@ class MedSAMix:
         preset: str | None,
         budget: PixelBudget | None = None,
     ) -> tuple[DicomImage, Segmentation]:
-        if not self._settle():
-            raise RequestError("the service is still starting; retry once /readyz answers 200", 503)
+        self._check_started()
         image = read_dicom(source, self.limits, budget)
         result = self.segmenter.segment(image, prompts, model, preset)
-        EMBEDDINGS.labels(source="encoder").inc(result.encoded)
-        EMBEDDINGS.labels(source="cache").inc(result.cached)
-        for r in result.results:
-            PROMPTS.labels(model=r.model).inc()
+        self._count(result.encoded, result.cached, [r.model for r in result.results])
         return image, result
+
+    def _check_started(self) -> None:
+        if not self._settle():
+            raise RequestError("the service is still starting; retry once /readyz answers 200", 503)
+
+    @staticmethod
+    def _count(encoded: int, cached: int, models: list[str]) -> None:
+        EMBEDDINGS.labels(source="encoder").inc(encoded)
+        EMBEDDINGS.labels(source="cache").inc(cached)
+        for name in models:
+            PROMPTS.labels(model=name).inc()
 
     def _refs(self, names: set[str]) -> dict[str, ModelRef]:
         return {
@@ -361,22 +478,26 @@ class MedSAMix:
             for r in result.results
         ]
 
-    def _seg_response(self, image: DicomImage, result: Segmentation) -> Response:
+    @staticmethod
+    def _dicom_response(seg: highdicom.seg.Segmentation) -> Response:
         disposition = {"content-disposition": "attachment; filename=seg.dcm"}
-        return Response(part10(self._segmentation(image, result)), media_type="application/dicom", headers=disposition)
+        return Response(part10(seg), media_type="application/dicom", headers=disposition)
 
     def _segmentation(self, image: DicomImage, result: Segmentation) -> highdicom.seg.Segmentation:
         """The DICOM SEG of `result` on `image`, named after the one model that answered every prompt."""
-        names = sorted({r.model for r in result.results})
+        masks = [SegmentMask(r.label, r.frame, r.mask) for r in result.results]
+        return build_seg(image.dataset, masks, self._algorithm({r.model for r in result.results}), frames=image.frames)
+
+    def _algorithm(self, models: set[str]) -> Algorithm:
+        """The one model a SEG names as its algorithm; the prompts of one SEG must all have been answered by it."""
+        names = sorted(models)
         if len(names) > 1:
             raise RequestError(
                 f"the prompts of one SEG must be answered by one model, these were routed to "
                 f"{', '.join(names)}; send one request per model or name the model"
             )
         served = self.models[names[0]]
-        algorithm = Algorithm(served.name, served.version, served.model.manifest_sha256)
-        masks = [SegmentMask(r.label, r.frame, r.mask) for r in result.results]
-        return build_seg(image.dataset, masks, algorithm, frames=image.frames)
+        return Algorithm(served.name, served.version, served.model.manifest_sha256)
 
 
 # The refusals each route can answer (all `{"error": sentence}`), published in /docs.json.
@@ -385,7 +506,10 @@ PACS_ERRORS = (400, 401, 403, 404, 502, 504)
 ERRORS = {
     "/segment": SEGMENT_ERRORS,
     "/segment/seg": SEGMENT_ERRORS,
+    "/segment/series": SEGMENT_ERRORS,
+    "/segment/series/seg": SEGMENT_ERRORS,
     "/segment/dicomweb": tuple(sorted({*SEGMENT_ERRORS, *PACS_ERRORS})),
+    "/segment/dicomweb/series": tuple(sorted({*SEGMENT_ERRORS, *PACS_ERRORS})),
     "/segment/dicomweb/instances": PACS_ERRORS,
     "/models": (401,),
 }
@@ -398,6 +522,19 @@ MedSAMix.add_asgi_middleware(Readiness, report=lambda: _readiness(bentoml.get_cu
 
 def _readiness(service: MedSAMix | None) -> dict[str, Any] | None:
     return None if service is None else service.readiness()
+
+
+def _volume_info(volume: Volume) -> VolumeInfo:
+    return VolumeInfo(slices=len(volume), rows=volume.rows, columns=volume.columns, spacing=volume.spacing)
+
+
+def _spooled(data: bytes) -> Path:
+    """`data` (an instance a PACS sent) written to the request's temporary folder, so a series is read from disk
+    slice by slice instead of held in memory whole."""
+    handle, name = tempfile.mkstemp(suffix=".dcm", dir=bentoml.Context().temp_dir)
+    with open(handle, "wb") as out:
+        out.write(data)
+    return Path(name)
 
 
 def _answer(compute: Callable[[], T]) -> T | JSONResponse:

@@ -30,6 +30,7 @@ from search.cli import main as cli
 from service.local import LocalServer, free_port, serve
 from service.masks import decode_rle
 from tests import dicomfiles as files
+from tests.test_service import refusal
 
 REPO = Path(__file__).resolve().parent.parent
 ORTHANC = Path("/usr/sbin/Orthanc")
@@ -426,6 +427,70 @@ def test_the_cli_segments_a_series_through_the_server(server, orthanc, study, pa
     for answer in written["answers"]:
         assert orthanc.file(answer["instances"][0]["seg"]["instance"]).startswith(bytes(128) + b"DICM")  # stored
     assert cli([*args[:-2], "--token", "wrong"]) == 2  # a refused token stops the batch
+
+
+@pytest.fixture(scope="module")
+def ct_volume_series(orthanc: Orthanc) -> tuple[list[bytes], np.ndarray]:
+    """What the PACS holds for the series call: a synthetic abdominal CT of 12 slices (the zoo's generator, a seed
+    the demo never saw), its instances numbered against their positions, and its liver label."""
+    from search.zoo import ct_volume
+
+    image, label = ct_volume(seed=902, depth=12)
+    series = [files.to_bytes(ds) for ds in files.ct_series(np.rint(image).astype(np.int16), spacing=2.0)]
+    for data in series[::-1]:
+        orthanc.upload(data)
+    return series, label == 1
+
+
+def instance_count(orthanc: Orthanc) -> int:
+    return int(orthanc.rest.get("/statistics").json()["CountInstances"])
+
+
+def test_a_series_from_one_box_is_stored_as_one_seg(server, orthanc, ct_volume_series, pacs_urls) -> None:
+    series, liver = ct_volume_series
+    study_uid, series_uid, _ = uids(series[0])
+    spanned = [z for z in range(len(liver)) if liver[z].any()]
+    middle = spanned[len(spanned) // 2]
+    ys, xs = np.nonzero(liver[middle])
+    box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+    prompts = [{"box": box, "slice": middle, "task": "ct_liver", "label": "liver"}]
+    body = {"dicomweb": pacs_urls["orthanc"], "study": study_uid, "series": series_uid, "prompts": prompts}
+    before = instance_count(orthanc)
+    response = dicomweb(server, body, "/segment/dicomweb/series")
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert instance_count(orthanc) == before + 1  # one SEG for the whole series
+    (result,) = answer["results"]
+    assert len(result["slices"]) > 2 and all(s["mask"] is None for s in result["slices"])
+    seg = highdicom.seg.segread(BytesIO(orthanc.file(answer["seg"]["instance"])))
+    assert (seg.StudyInstanceUID, seg.SeriesInstanceUID) == (study_uid, answer["seg"]["series"])
+    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    with_mask = [s for s in result["slices"] if s["area"] > 0]
+    assert {s["source"] for s in with_mask} <= referenced
+    assert seg.NumberOfFrames == len(with_mask)
+    for s in result["slices"]:
+        assert s["source"] == uids(series[s["slice"]])[2]
+        (expected,) = direct_masks(server, series[s["slice"]], [{"box": s["box"], "task": "ct_liver"}])
+        assert int(expected.sum()) == s["area"]
+        if s["area"]:
+            pixels = seg.get_pixels_by_source_instance([s["source"]], ignore_spatial_locations=True)[0]
+            np.testing.assert_array_equal(pixels[..., 0].astype(bool), expected)
+
+
+def test_a_series_call_that_fails_part_way_stores_nothing(server, orthanc, ct_volume_series, pacs_urls) -> None:
+    series, _ = ct_volume_series
+    study_uid, series_uid, sop_uid = uids(series[0])
+    body = {"dicomweb": pacs_urls["orthanc"], "study": study_uid, "series": series_uid}
+    before = instance_count(orthanc)
+    for prompts, status, phrase in (
+        # each found only once every instance was retrieved and the volume built
+        ([{"box": BOX, "slice": 12}], 400, "out of range"),
+        ([{"box": BOX, "slice": 0, "task": "ct_liver"}, {"box3d": [0, 0, 0, 10, 10, 12]}], 400, "3-D box"),
+    ):
+        response = dicomweb(server, {**body, "prompts": prompts}, "/segment/dicomweb/series")
+        message = refusal(response, status, phrase)
+        assert not any(s in message for s in (*SECRETS, study_uid, series_uid, sop_uid)), message
+    assert instance_count(orthanc) == before
 
 
 def _refusals(pacs: dict[str, str]) -> list[tuple[str, dict, int, str]]:
