@@ -10,6 +10,11 @@ Classic multi-frame images (RT Dose, multi-frame secondary capture, cine ultraso
 highdicom can reference, and are refused with a 422. So is an enhanced image whose functional groups do not give
 highdicom what it copies (one per-frame item per frame, a shared orientation and pixel spacing, a distinct position
 per frame): `build_seg` checks those rules before highdicom runs and names the attribute, never its value.
+
+One SEG may also cover a whole series (`build_series_seg`, over a `service.volume.Volume`) or several single-frame
+instances of one series (`build_instances_seg`): its source images are all those instances (one series, size, frame
+of reference and orientation, each at its own position; `service.volume.stack_planes` checks that), and each of its
+frames references the instance it segments. All three builders are one core, `build_instances_seg`.
 """
 
 from __future__ import annotations
@@ -22,17 +27,26 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import pydicom
-from highdicom.spatial import get_image_coordinate_system, get_normal_vector
+from highdicom.spatial import get_image_coordinate_system
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
-from service.dicom import check_per_frame_groups
+from service.dicom import DicomImage, check_per_frame_groups
 from service.errors import RequestError
 from service.schemas import check_segment_label
+from service.volume import Volume, stack_planes
 
-__all__ = ["Algorithm", "SegmentMask", "build_seg"]
+__all__ = [
+    "Algorithm",
+    "InstanceMask",
+    "SegmentMask",
+    "SliceMask",
+    "build_instances_seg",
+    "build_seg",
+    "build_series_seg",
+]
 
 MANUFACTURER = "MedSAMix"
 # dcmqi's convention for derived segmentation series; one SEG instance per series, so instance number 1.
@@ -61,19 +75,66 @@ class Algorithm:
     manifest_sha256: str
 
 
+@dataclass(frozen=True)
+class SliceMask:
+    """One mask on slice `slice` of a volume (an index into `Volume.slices`): HxW bool in the series' pixel grid."""
+
+    label: str
+    slice: int
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class InstanceMask:
+    """One mask on frame `frame` (0-based; 0 for a single-frame image) of source image `instance` (an index into
+    the source images): HxW bool in that image's pixel grid."""
+
+    label: str
+    instance: int
+    frame: int
+    mask: np.ndarray
+
+
 def build_seg(
     source: pydicom.Dataset, masks: Sequence[SegmentMask], algorithm: Algorithm, *, frames: int
 ) -> hd.seg.Segmentation:
     """A DICOM SEG (explicit VR little endian) for `masks` drawn on `source` (`frames` frames); `service.dicom.part10`
     writes it as a file, STOW-RS stores it as it is."""
-    if not masks:
-        raise RequestError("expected at least one mask to write into a DICOM SEG, found none")
-    source_frames = int(source.get("NumberOfFrames") or 1)
+    source_frames = _frame_count(source)
     if frames != source_frames:
         raise ValueError(f"expected frames to equal the source's {source_frames} frames, found {frames}")
-    _check_source(source, frames)
-    source = _parseable_copy(source)
-    labels, pixels = _stack(masks, rows=int(source.Rows), columns=int(source.Columns), frames=frames)
+    return build_instances_seg([source], [InstanceMask(m.label, 0, m.frame, m.mask) for m in masks], algorithm)
+
+
+def build_series_seg(volume: Volume, masks: Sequence[SliceMask], algorithm: Algorithm) -> hd.seg.Segmentation:
+    """One DICOM SEG for a whole series: its source images are every instance of `volume` (a single-frame series'
+    instances, or the one enhanced multi-frame instance), its frames the slices `masks` are not empty on."""
+    instances: dict[int, tuple[int, DicomImage]] = {}  # id(image) -> (source index, image), in slice order
+    for item in volume.slices:
+        instances.setdefault(id(item.image), (len(instances), item.image))
+    items = []
+    for index, item in enumerate(masks):
+        if not 0 <= item.slice < len(volume):
+            raise RequestError(f"expected mask {index}'s slice in 0..{len(volume) - 1}, found {item.slice}")
+        where = volume.slices[item.slice]
+        items.append(InstanceMask(item.label, instances[id(where.image)][0], where.frame, item.mask))
+    return build_instances_seg([image.dataset for _, image in instances.values()], items, algorithm)
+
+
+def build_instances_seg(
+    sources: Sequence[pydicom.Dataset], masks: Sequence[InstanceMask], algorithm: Algorithm
+) -> hd.seg.Segmentation:
+    """A DICOM SEG (explicit VR little endian) for `masks` drawn on `sources`: one source image (single- or enhanced
+    multi-frame) or several single-frame instances of one series (in any order). One segment per distinct label in
+    order of first appearance, the masks of one label on one frame OR-ed; frames only where a mask is not empty."""
+    if not masks:
+        raise RequestError("expected at least one mask to write into a DICOM SEG, found none")
+    if not sources:
+        raise ValueError("expected at least one source image, found none")
+    frames = [_frame_count(source) for source in sources]
+    sources = _check_sources(sources, frames)
+    first = sources[0]
+    labels, pixels = _stack(masks, rows=int(first.Rows), columns=int(first.Columns), frames=frames)
     identification = hd.AlgorithmIdentificationSequence(
         name=f"{MANUFACTURER} {algorithm.name}",
         family=codes.DCM.ArtificialIntelligence,
@@ -93,7 +154,7 @@ def build_seg(
     ]
     try:
         seg = hd.seg.Segmentation(
-            source_images=[source],
+            source_images=sources,
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
@@ -119,10 +180,30 @@ def build_seg(
         raise _lacks(error.name) from error
     except ValueError as error:
         # highdicom's one ValueError about the source itself that our checks above cannot foresee.
-        if "FrameOfReferenceUID" in source:
+        if "FrameOfReferenceUID" in first:
             raise
         raise _lacks("FrameOfReferenceUID") from error
     return seg
+
+
+def _frame_count(source: pydicom.Dataset) -> int:
+    return int(source.get("NumberOfFrames") or 1)
+
+
+def _check_sources(sources: Sequence[pydicom.Dataset], frames: Sequence[int]) -> list[pydicom.Dataset]:
+    """The sources as highdicom is given them, after the checks of `_check_source` (each) and, for several, of
+    `service.volume.stack_planes`: copies (sharing the elements) where a copied attribute is malformed or an
+    orientation differs from the first source's by round-off only (`_highdicom_copy`; highdicom requires the very
+    same ImageOrientationPatient of a series' instances, `stack_planes` allows `ORIENTATION_TOLERANCE`)."""
+    if len(sources) > 1:
+        stack_planes(sources)
+    for source, count in zip(sources, frames, strict=True):
+        _check_source(source, count)
+    orientation = sources[0].get("ImageOrientationPatient")
+    return [
+        _highdicom_copy(source, orientation if len(sources) > 1 and index > 0 else None)
+        for index, source in enumerate(sources)
+    ]
 
 
 # What highdicom parses of the source's Patient and General Study modules to copy it into the SEG, by the parser it
@@ -135,11 +216,12 @@ _PARSED_ATTRIBUTES: dict[str, Callable[[Any], object]] = {
 }
 
 
-def _parseable_copy(source: pydicom.Dataset) -> pydicom.Dataset:
-    """`source`, or a copy of it (sharing its elements) in which each of `_PARSED_ATTRIBUTES` whose value its
-    parser rejects is empty: archives hold images with malformed dates, and a malformed date is no reason to refuse
-    their segmentation (highdicom would raise, with the value in its message)."""
-    malformed = []
+def _highdicom_copy(source: pydicom.Dataset, orientation: Any = None) -> pydicom.Dataset:
+    """`source`, or a copy of it (sharing its elements; the source itself is not changed) in which each of
+    `_PARSED_ATTRIBUTES` whose value its parser rejects is empty, and the ImageOrientationPatient is `orientation`
+    where one is given and the source's differs: archives hold images with malformed dates, and a malformed date is
+    no reason to refuse their segmentation (highdicom would raise, with the value in its message)."""
+    replaced: dict[str, Any] = {}
     for keyword, parse in _PARSED_ATTRIBUTES.items():
         value = source.get(keyword)
         if value in (None, ""):
@@ -147,14 +229,16 @@ def _parseable_copy(source: pydicom.Dataset) -> pydicom.Dataset:
         try:
             parse(value)
         except (ValueError, TypeError):
-            malformed.append(keyword)
-    if not malformed:
+            replaced[keyword] = ""
+    if orientation is not None and source.get("ImageOrientationPatient") != orientation:
+        replaced["ImageOrientationPatient"] = orientation
+    if not replaced:
         return source
-    copy = pydicom.Dataset(dict(source.items()))  # the same element objects: the source itself is not changed
+    copy = pydicom.Dataset(dict(source.items()))
     copy.file_meta = source.file_meta
-    for keyword in malformed:
+    for keyword, value in replaced.items():
         tag = tag_for_keyword(keyword)
-        copy[tag] = pydicom.DataElement(tag, dictionary_VR(tag), "")
+        copy[tag] = pydicom.DataElement(tag, dictionary_VR(tag), value)
     return copy
 
 
@@ -182,27 +266,7 @@ def _check_source(source: pydicom.Dataset, frames: int) -> None:
         return
     if not shared[0].get("PlaneOrientationSequence"):
         raise _unreferenceable(_lacks_shared("PlaneOrientationSequence"))
-    items = source.PerFrameFunctionalGroupsSequence
-    for index, item in enumerate(items):
-        if "ImagePositionPatient" not in (item.get("PlanePositionSequence") or [pydicom.Dataset()])[0]:
-            raise _unreferenceable(
-                "expected a PlanePositionSequence with an ImagePositionPatient in each "
-                f"PerFrameFunctionalGroupsSequence item of the source image, found frame {index} without one"
-            )
-    try:
-        normal = get_normal_vector(shared[0].PlaneOrientationSequence[0].ImageOrientationPatient)
-        positions = np.array([item.PlanePositionSequence[0].ImagePositionPatient for item in items], np.float64)
-        distances = positions @ normal
-    except (AttributeError, TypeError, ValueError):  # not six and three numbers
-        raise _unreferenceable(
-            "expected the source image's ImageOrientationPatient and ImagePositionPatient to be six and three "
-            "numbers, found other values or none"
-        ) from None
-    if len(np.unique(distances)) < frames:
-        raise _unreferenceable(
-            "expected each frame of the source image at its own position along the slice normal "
-            "(PlanePositionSequence), found frames that share one, which a DICOM SEG cannot tell apart"
-        )
+    stack_planes([source])  # a position of its own for every frame
 
 
 def _lacks_shared(keyword: str) -> str:
@@ -224,22 +288,29 @@ def _is_enhanced(source: pydicom.Dataset) -> bool:
     )
 
 
-def _stack(masks: Sequence[SegmentMask], *, rows: int, columns: int, frames: int) -> tuple[list[str], np.ndarray]:
-    """Distinct labels (first-appearance order) and the frames x rows x columns x labels bool array, OR-ed."""
+def _stack(
+    masks: Sequence[InstanceMask], *, rows: int, columns: int, frames: Sequence[int]
+) -> tuple[list[str], np.ndarray]:
+    """Distinct labels (first-appearance order) and the planes x rows x columns x labels bool array, OR-ed: a plane
+    per frame of each source image in turn (highdicom's order: one multi-frame image's frames, or the instances)."""
     labels: dict[str, int] = {}
     for index, item in enumerate(masks):
         _check_label(item.label, index)
         labels.setdefault(item.label, len(labels))
-    pixels = np.zeros((frames, rows, columns, len(labels)), dtype=bool)
+    first_plane = np.cumsum([0, *frames])
+    pixels = np.zeros((first_plane[-1], rows, columns, len(labels)), dtype=bool)
     for index, item in enumerate(masks):
-        if not 0 <= item.frame < frames:
-            raise RequestError(f"expected mask {index}'s frame in 0..{frames - 1}, found {item.frame}")
+        if not 0 <= item.instance < len(frames):
+            raise RequestError(f"expected mask {index}'s source image in 0..{len(frames) - 1}, found {item.instance}")
+        count = frames[item.instance]
+        if not 0 <= item.frame < count:
+            raise RequestError(f"expected mask {index}'s frame in 0..{count - 1}, found {item.frame}")
         if item.mask.shape != (rows, columns):
             raise RequestError(
                 f"expected mask {index} to be {rows}x{columns} (the source image's rows x columns), "
                 f"found shape {tuple(item.mask.shape)}"
             )
-        pixels[item.frame, :, :, labels[item.label]] |= item.mask.astype(bool, copy=False)
+        pixels[first_plane[item.instance] + item.frame, :, :, labels[item.label]] |= item.mask.astype(bool, copy=False)
     return list(labels), pixels
 
 

@@ -16,10 +16,19 @@ from pydantic import ValidationError
 from pydicom.data import get_testdata_file
 
 from service import redaction
-from service.dicom import part10
+from service.dicom import DicomImage, part10, read_dicom
 from service.errors import RequestError
 from service.schemas import Prompt
-from service.seg import Algorithm, SegmentMask, build_seg
+from service.seg import (
+    Algorithm,
+    InstanceMask,
+    SegmentMask,
+    SliceMask,
+    build_instances_seg,
+    build_seg,
+    build_series_seg,
+)
+from service.volume import ORIENTATION_TOLERANCE, Volume, build_volume
 from tests import dicomfiles as F
 
 ALGORITHM = Algorithm(name="demo", version="0.3.1", manifest_sha256="0123456789abcdef" * 4)
@@ -361,3 +370,200 @@ def test_a_malformed_date_or_sex_in_the_source_is_left_empty_not_refused(keyword
     seg = read_back(build_seg(source, [SegmentMask("liver", 0, np.ones((64, 80), bool))], ALGORITHM, frames=1))
     assert seg.get(keyword) == "" and source.get(keyword) == value
     assert (seg.PatientID, seg.StudyInstanceUID) == (source.PatientID, source.StudyInstanceUID)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One SEG for a whole series (a volume), and for several single-frame instances of one series.
+# --------------------------------------------------------------------------------------------------------------
+
+SERIES_HU = np.stack([F.ct_hu(16, 20, seed=60 + z) for z in range(5)])
+OBLIQUE = (1.0, 0.0, 0.0, 0.0, 0.8, 0.6)  # rotated about x; exact in a DS
+
+
+def read_all(datasets: list[pydicom.Dataset]) -> list[DicomImage]:
+    return [read_dicom(part10(ds)) for ds in datasets]
+
+
+def series_volume(series: list[pydicom.Dataset]) -> Volume:
+    """The volume of `series`, its files handed over in a shuffled order."""
+    images = read_all(series)
+    np.random.default_rng(5).shuffle(images)
+    return build_volume(images)
+
+
+def instance_pixels(seg: hd.seg.Segmentation, volume: Volume) -> np.ndarray:
+    """Slices x rows x columns x segments, by the SOP Instance UID of each of the volume's single-frame slices."""
+    numbers = seg.get_segment_numbers()
+    return seg.get_pixels_by_source_instance([s.uid for s in volume.slices], segment_numbers=numbers).astype(bool)
+
+
+def frame_references(seg: hd.seg.Segmentation) -> list[tuple[str, int | None]]:
+    """(SOP Instance UID, frame number or None) each SEG frame references."""
+    return [
+        (ref.ReferencedSOPInstanceUID, int(ref.ReferencedFrameNumber) if "ReferencedFrameNumber" in ref else None)
+        for frame in seg.PerFrameFunctionalGroupsSequence
+        for ref in frame.DerivationImageSequence[0].SourceImageSequence
+    ]
+
+
+@pytest.mark.parametrize("orientation", [(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), OBLIQUE], ids=["axial", "oblique"])
+def test_a_series_seg_references_every_instance_with_frames_only_where_masks_are(orientation: tuple) -> None:
+    series = F.ct_series(SERIES_HU, orientation=orientation)
+    volume = series_volume(series)
+    a, b = box_mask((16, 20), 1, 6, 2, 9), box_mask((16, 20), 4, 12, 5, 15)
+    masks = [
+        SliceMask("liver", 1, a),
+        SliceMask("kidney", 3, b),
+        SliceMask("liver", 3, a),
+        SliceMask("liver", 3, b),  # OR-ed with the one before
+        SliceMask("kidney", 4, np.zeros((16, 20), bool)),  # empty: no frame
+    ]
+    seg = read_back(build_series_seg(volume, masks, ALGORITHM))
+
+    assert [seg.get_segment_description(n).SegmentLabel for n in seg.get_segment_numbers()] == ["liver", "kidney"]
+    assert (
+        seg.StudyInstanceUID == series[0].StudyInstanceUID and seg.FrameOfReferenceUID == series[0].FrameOfReferenceUID
+    )
+    (referenced,) = seg.ReferencedSeriesSequence
+    assert referenced.SeriesInstanceUID == series[0].SeriesInstanceUID
+    assert {r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence} == {
+        ds.SOPInstanceUID for ds in series
+    }
+    assert int(seg.NumberOfFrames) == 3  # liver on slices 1 and 3, kidney on 3
+    assert sorted(frame_references(seg)) == sorted(
+        [(volume.slices[1].uid, None), (volume.slices[3].uid, None), (volume.slices[3].uid, None)]
+    )
+    expected = np.zeros((5, 16, 20, 2), bool)
+    expected[1, ..., 0], expected[3, ..., 0], expected[3, ..., 1] = a, a | b, b
+    np.testing.assert_array_equal(instance_pixels(seg, volume), expected)
+    # slice z of the volume is ct_series' slice z, whatever the order the files came in
+    assert [s.uid for s in volume.slices] == [ds.SOPInstanceUID for ds in series]
+
+
+def test_an_all_empty_series_seg_is_still_valid() -> None:
+    volume = series_volume(F.ct_series(SERIES_HU))
+    seg = read_back(build_series_seg(volume, [SliceMask("nothing", 2, np.zeros((16, 20), bool))], ALGORITHM))
+    assert int(seg.NumberOfFrames) == len(volume)  # every (empty) frame kept: a SEG cannot omit them all
+    assert not instance_pixels(seg, volume).any()
+
+
+@pytest.mark.parametrize("builder", [F.multiframe_dataset, F.enhanced_mr_dataset], ids=["enhanced ct", "enhanced mr"])
+def test_an_enhanced_volume_seg_maps_slices_to_their_frames(builder: Callable) -> None:
+    image = read_dicom(part10(builder(SERIES_HU[:4] + 1024)))
+    volume = build_volume([image])
+    assert [s.frame for s in volume.slices] == [3, 2, 1, 0]  # frame i at z = -i: ascending z is descending frames
+    a, b = box_mask((16, 20), 0, 3, 0, 20), box_mask((16, 20), 8, 16, 10, 12)
+    seg = read_back(build_series_seg(volume, [SliceMask("lesion", 0, a), SliceMask("lesion", 2, b)], ALGORITHM))
+
+    uid = image.dataset.SOPInstanceUID
+    assert sorted(frame_references(seg)) == [(uid, 2), (uid, 4)]  # slices 2 and 0 are frames 1 and 3 (1-based 2, 4)
+    stored = seg.get_pixels_by_source_frame(uid, source_frame_numbers=[1, 2, 3, 4], segment_numbers=[1])[..., 0]
+    expected = np.zeros((4, 16, 20), bool)
+    expected[3], expected[1] = a, b
+    np.testing.assert_array_equal(stored.astype(bool), expected)
+
+
+def test_orientations_within_the_volume_tolerance_make_one_seg_without_changing_the_sources() -> None:
+    """highdicom requires the very same ImageOrientationPatient of a series' instances; round-off the volume
+    accepts must not make the SEG fail."""
+    series = F.ct_series(SERIES_HU)
+    series[3].ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, ORIENTATION_TOLERANCE / 2]
+    volume = build_volume(read_all(series))
+    mask = box_mask((16, 20), 2, 9, 3, 8)
+    seg = read_back(build_series_seg(volume, [SliceMask("liver", 3, mask)], ALGORITHM))
+    np.testing.assert_array_equal(instance_pixels(seg, volume)[3, ..., 0], mask)
+    assert volume.slices[3].image.dataset.ImageOrientationPatient[5] == ORIENTATION_TOLERANCE / 2
+
+
+@pytest.mark.parametrize(
+    "item, match",
+    [
+        (SliceMask("liver", 5, np.zeros((16, 20), bool)), "mask 1's slice in 0..4, found 5"),
+        (SliceMask("liver", -1, np.zeros((16, 20), bool)), "mask 1's slice in 0..4, found -1"),
+        (SliceMask("liver", 0, np.zeros((20, 16), bool)), "mask 1 to be 16x20 .* found shape \\(20, 16\\)"),
+        (SliceMask("a\\b", 0, np.zeros((16, 20), bool)), "mask 1's label .* found a backslash"),
+    ],
+)
+def test_bad_slice_masks_are_refused_with_one_sentence(item: SliceMask, match: str) -> None:
+    volume = series_volume(F.ct_series(SERIES_HU))
+    with pytest.raises(RequestError, match=match) as info:
+        build_series_seg(volume, [SliceMask("liver", 0, np.ones((16, 20), bool)), item], ALGORITHM)
+    assert info.value.status == 400
+
+
+def test_a_series_seg_without_masks_is_refused() -> None:
+    with pytest.raises(RequestError, match="at least one mask") as info:
+        build_series_seg(series_volume(F.ct_series(SERIES_HU)), [], ALGORITHM)
+    assert info.value.status == 400
+
+
+def test_a_series_seg_of_instances_without_a_patient_id_names_the_keyword_only() -> None:
+    series = F.ct_series(SERIES_HU[:2])
+    for ds in series:
+        del ds.PatientID
+    volume = build_volume(read_all(series))
+    with pytest.raises(RequestError, match="lacks PatientID") as info:
+        build_series_seg(volume, [SliceMask("liver", 0, np.ones((16, 20), bool))], ALGORITHM)
+    assert info.value.status == 422 and F.PATIENT_NAME not in str(info.value)
+
+
+def test_several_instances_of_a_series_make_one_seg_from_their_datasets() -> None:
+    """The per-instance mapping of `/segment/dicomweb`: a few instances of one series (not a regular volume: slices
+    0, 1 and 4), given in any order, one SEG referencing each."""
+    series = F.ct_series(SERIES_HU)
+    sources = [series[4], series[0], series[1]]
+    a, b = box_mask((16, 20), 0, 4, 0, 4), box_mask((16, 20), 10, 16, 10, 20)
+    masks = [InstanceMask("liver", 0, 0, a), InstanceMask("liver", 2, 0, b), InstanceMask("spleen", 2, 0, a)]
+    seg = read_back(build_instances_seg(sources, masks, ALGORITHM))
+
+    (referenced,) = seg.ReferencedSeriesSequence
+    assert [r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence] == [
+        ds.SOPInstanceUID for ds in sources
+    ]
+    uids = [ds.SOPInstanceUID for ds in sources]
+    stored = seg.get_pixels_by_source_instance(uids, segment_numbers=[1, 2]).astype(bool)
+    expected = np.zeros((3, 16, 20, 2), bool)
+    expected[0, ..., 0], expected[2, ..., 0], expected[2, ..., 1] = a, b, a
+    np.testing.assert_array_equal(stored, expected)
+
+
+def _mixed_series(series: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    other = F.ct_series(SERIES_HU[:1], positions=[30.0], series_instance_uid=F.uid("other series"))
+    return [series[0], *other]
+
+
+def _shared_position(series: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    twin = copy.deepcopy(series[1])
+    twin.SOPInstanceUID = F.uid("twin")
+    return [series[0], series[1], twin]
+
+
+REFUSED_SOURCES: dict[str, tuple[Callable[[list[pydicom.Dataset]], list[pydicom.Dataset]], int, str]] = {
+    "mixed series": (_mixed_series, 400, "mixed series: expected instances of one series"),
+    "an instance twice": (lambda s: [s[0], s[1], s[0]], 400, "found instance 2 repeating instance 0"),
+    "a shared position": (_shared_position, 422, "found instances that share one \\(instances 1 and 2\\)"),
+    "a multi-frame among them": (
+        lambda s: [s[0], F.multiframe_dataset(SERIES_HU[:2])],
+        422,
+        "found a multi-frame instance \\(instance 1\\) among 2 instances",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_SOURCES)
+def test_instances_one_seg_cannot_reference_together_are_refused_before_highdicom(case: str) -> None:
+    change, status, match = REFUSED_SOURCES[case]
+    sources = change(F.ct_series(SERIES_HU))
+    mask = [InstanceMask("liver", 0, 0, np.ones((16, 20), bool))]
+    with pytest.raises(RequestError, match=match) as info:
+        build_instances_seg(sources, mask, ALGORITHM)
+    assert info.value.status == status
+    uids = {str(e.value) for ds in sources for e in ds.iterall() if e.VR == "UI"}
+    assert not [value for value in uids | {F.PATIENT_NAME, F.PATIENT_ID} if value in str(info.value)]
+
+
+def test_an_instance_index_out_of_range_is_one_sentence() -> None:
+    series = F.ct_series(SERIES_HU[:2])
+    with pytest.raises(RequestError, match="mask 0's source image in 0..1, found 2") as info:
+        build_instances_seg(series, [InstanceMask("liver", 2, 0, np.ones((16, 20), bool))], ALGORITHM)
+    assert info.value.status == 400
