@@ -129,7 +129,6 @@ def speed(args: argparse.Namespace) -> dict:
     hu = np.where(ball, 60, -100).astype(np.int16) + np.random.default_rng(0).integers(-20, 20, ball.shape).astype(
         np.int16
     )
-    files = [("files", (f"{i}.dcm", to_bytes(ds), "application/dicom")) for i, ds in enumerate(ct_series(hu))]
     middle = args.slices // 2
     prompt = {"box": tight_box(ball[middle]), "slice": middle, "min_area": 1}
     with tempfile.TemporaryDirectory() as tmp:

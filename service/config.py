@@ -93,7 +93,9 @@ class Settings:
     listed by the PACS; a CT of 500 slices fits). The pixel limits bound what a request costs
     whatever its bytes (a blank frame compresses to almost nothing): a 1024 px model gains nothing from frames
     past 4096 x 4096, and 64 Mpx are 256 CT slices of 512 x 512. cache_mb: the embedding cache's size. batching,
-    max_batch_size, max_latency_ms: the encoder's adaptive batching.
+    max_batch_size, max_latency_ms: the encoder's adaptive batching; BentoML refuses (503) images it estimates
+    would wait and run past max_latency_ms, so it must exceed the encoder's time for one batch (BentoML's own
+    default, 60 s; a ViT-B encodes an image in about 8 s on 2 CPU cores).
     dicomweb: the PACS `POST /segment/dicomweb` may call (the file `MEDSAMIX_DICOMWEB` names; none when unset).
     max_pacs_bytes: the most one answer of a PACS may carry (an instance retrieved, a page of a listing, a STOW
     reply); answers are read streaming and cut off past it with 502, never held whole first.
@@ -113,7 +115,7 @@ class Settings:
     cache_mb: int = 1024
     batching: bool = True
     max_batch_size: int = 8
-    max_latency_ms: int = 100
+    max_latency_ms: int = 60000
     dicomweb: DicomwebConfig | None = None
 
     @classmethod

@@ -92,6 +92,11 @@ async def _read_form(request: Request, files: int) -> FormData:
         return await request.form(max_files=files, max_fields=MAX_PARTS, max_part_size=MAX_TEXT_BYTES)
     except (HTTPException, MultiPartException) as error:
         reason = str(getattr(error, "detail", None) or getattr(error, "message", "") or "malformed")
+        if "maximum number of files" in reason.lower():
+            raise TooLarge(
+                f"expected at most {files - 1} file(s) in the form (this server's limit of instances per request), "
+                "found more"
+            ) from None
         sentence = (
             f"expected a multipart/form-data body with a boundary, at most {MAX_PARTS} text fields of at most "
             f"{MAX_TEXT_BYTES} bytes each and at most {files - 1} file(s), found one this server cannot read "

@@ -39,8 +39,8 @@ class Walk:
     high: int
     clip: tuple[float, float, float, float] | None  # a 3-D box's x0, y0, x1, y1: no box grows past it
     clicks: dict[int, tuple[list[tuple[float, float]], list[tuple[float, float]]]] = field(default_factory=dict)
-    margin: float = 0.1
-    min_area: int = 10
+    margin: float = 0.0
+    min_area: int = 25
 
     def prompt(self, z: int, box: tuple[float, float, float, float] | None) -> Prompt:
         """The 2-D prompt of slice `z`: `box` and the clicks drawn on that slice."""

@@ -79,14 +79,14 @@ class SeriesPrompt(BaseModel):
     )
     task: str | None = Field(None, max_length=64, description="as a `Prompt`'s: routing and intensity preset")
     margin: float = Field(
-        0.1,
+        0.0,
         ge=0,
         le=1,
         description="each next slice's box is the previous slice's mask's box grown on each side by this fraction of "
         "its width and height (at least one pixel)",
     )
     min_area: int = Field(
-        10, ge=1, description="propagation stops in a direction at the first slice whose mask has fewer pixels"
+        25, ge=1, description="propagation stops in a direction at the first slice whose mask has fewer pixels"
     )
 
     @model_validator(mode="after")

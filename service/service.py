@@ -22,6 +22,7 @@ from typing import Annotated, Any, TypeVar
 
 import bentoml
 import highdicom
+from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
@@ -209,8 +210,22 @@ class MedSAMix:
         return self._settle() and bool(self.models) and on_requested_device(self.models, SETTINGS)
 
     def _encode(self, jobs: list[EncodeJob]) -> list[Any]:
-        # The proxy's methods exist only once the encoder service is up, so they are looked up per call.
-        return self.encoder.encode(jobs)
+        """The encoder service's embeddings for `jobs`, in calls of at most one batch each (a series asks for many
+        slices at once). The encoder sheds work its batching estimates would finish past MEDSAMIX_MAX_LATENCY_MS:
+        that is a 503 of one sentence, never BentoML's generic one."""
+        size = self.settings.max_batch_size
+        embeddings: list[Any] = []
+        try:
+            for start in range(0, len(jobs), size):
+                # The proxy's methods exist only once the encoder service is up, so they are looked up per call.
+                embeddings += self.encoder.encode(jobs[start : start + size])
+        except ServiceUnavailable:
+            raise RequestError(
+                "the encoder service is overloaded: it refused images it estimates it cannot encode within "
+                f"{self.settings.max_latency_ms} ms (MEDSAMIX_MAX_LATENCY_MS); retry later",
+                503,
+            ) from None
+        return embeddings
 
     def readiness(self) -> dict[str, Any]:
         """What /readyz answers in its body: the models served and the folders refused, with why."""

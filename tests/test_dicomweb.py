@@ -300,7 +300,6 @@ def server(pacs_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
         "MEDSAMIX_TOKEN": TOKEN,
         "MEDSAMIX_DICOMWEB": str(root / "dicomweb.yaml"),
         "MEDSAMIX_MAX_PROMPTS": "8",
-        "MEDSAMIX_MAX_LATENCY_MS": "20",
         "MEDSAMIX_MAX_PACS_BYTES": str(MAX_PACS_BYTES),  # Orthanc's answers here are far smaller
     }
     with serve(env, root / "serve.log") as running:

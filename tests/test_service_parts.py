@@ -132,3 +132,42 @@ def test_a_file_resent_byte_for_byte_is_not_decoded_again(demo: Served, monkeypa
     assert len(displayed) == 2
     segmenter.segment(read_dicom(dicom), [Prompt(box=[5, 5, 50, 40])], preset="ct_lung")  # another window
     assert len(displayed) == 3
+
+
+class _Encoder:
+    """The encoder service's proxy as the front sees it: records each call's size, or sheds like BentoML's batching
+    does past its latency bound."""
+
+    def __init__(self, shed: bool = False) -> None:
+        self.calls: list[int] = []
+        self.shed = shed
+
+    def encode(self, jobs: list) -> list:
+        from bentoml.exceptions import ServiceUnavailable
+
+        if self.shed:
+            raise ServiceUnavailable('{"error": "process is overloaded"}')
+        self.calls.append(len(jobs))
+        return [job["model"] for job in jobs]
+
+
+def _front(encoder: _Encoder, max_batch_size: int = 3):
+    from types import SimpleNamespace
+
+    from service.service import MedSAMix
+
+    front = SimpleNamespace(settings=Settings(max_batch_size=max_batch_size, max_latency_ms=250), encoder=encoder)
+    return lambda jobs: MedSAMix.inner._encode(front, jobs)
+
+
+def test_the_front_sends_the_encoder_at_most_one_batch_per_call_in_order() -> None:
+    encoder = _Encoder()
+    jobs = [{"model": str(i)} for i in range(8)]
+    assert _front(encoder)(jobs) == [str(i) for i in range(8)]
+    assert encoder.calls == [3, 3, 2]
+
+
+def test_an_overloaded_encoder_is_a_503_of_one_sentence() -> None:
+    with pytest.raises(RequestError, match="overloaded.*within 250 ms") as error:
+        _front(_Encoder(shed=True))([{"model": "demo"}])
+    assert error.value.status == 503
