@@ -72,6 +72,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_frames": _positive_int,
     "max_decoded_pixels": _positive_int,
     "max_prompts": _positive_int,
+    "max_points": _positive_int,
     "cache_mb": _positive_int,
     "batching": _flag,
     "max_batch_size": _positive_int,
@@ -88,10 +89,10 @@ class Settings:
     token: when set, every route but /livez, /readyz and /metrics needs `Authorization: Bearer <token>`.
     device: `gpu` makes /readyz fail unless the sessions run on a GPU provider. max_*: refuse larger requests
     with 413: body bytes (counted as received); rows x columns of one frame; frames a file declares; rows x columns
-    summed over the frames one request decodes; prompts per request. The pixel limits bound what a request costs
-    whatever its bytes (a blank frame compresses to almost nothing): a 1024 px model gains nothing from frames
-    past 4096 x 4096, and 64 Mpx are 256 CT slices of 512 x 512. cache_mb: the embedding cache's size. batching,
-    max_batch_size, max_latency_ms: the encoder's adaptive batching.
+    summed over the frames one request decodes; prompts per request; clicks (foreground and background) per prompt.
+    The pixel limits bound what a request costs whatever its bytes (a blank frame compresses to almost nothing): a
+    1024 px model gains nothing from frames past 4096 x 4096, and 64 Mpx are 256 CT slices of 512 x 512. cache_mb:
+    the embedding cache's size. batching, max_batch_size, max_latency_ms: the encoder's adaptive batching.
     dicomweb: the PACS `POST /segment/dicomweb` may call (the file `MEDSAMIX_DICOMWEB` names; none when unset).
     max_pacs_bytes: the most one answer of a PACS may carry (an instance retrieved, a page of a listing, a STOW
     reply); answers are read streaming and cut off past it with 502, never held whole first.
@@ -107,6 +108,7 @@ class Settings:
     max_frames: int = Limits.max_frames
     max_decoded_pixels: int = Limits.max_decoded_pixels
     max_prompts: int = 64
+    max_points: int = 32
     cache_mb: int = 1024
     batching: bool = True
     max_batch_size: int = 8
