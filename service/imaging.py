@@ -599,23 +599,35 @@ def _check_rows(values: object, width: int, what: str) -> np.ndarray:
     return array.astype(np.float64)
 
 
+def _first_bad(
+    array: np.ndarray, bad: np.ndarray, names: Sequence[str] | None, kind: str, layout: str
+) -> tuple[int, str] | None:
+    """None when no row of `array` is `bad` or non-finite, else the first such row's index and name (`names[i]`,
+    default '<kind> i'); ImagingError at once when that row is non-finite."""
+    nonfinite = ~np.isfinite(array).all(axis=1)
+    bad = bad | nonfinite
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    name = names[i] if names is not None else f"{kind} {i}"
+    if nonfinite[i]:
+        raise ImagingError(f"{name} has NaN or infinite coordinates; expected finite {layout} pixel coordinates")
+    return i, name
+
+
 def check_boxes(boxes: np.ndarray, h: int, w: int, names: Sequence[str] | None = None) -> np.ndarray:
     """Nx4 XYXY boxes in the coordinates of an h x w image -> a float64 copy, or ImagingError naming the first bad
     box (`names[i]`, default 'box i'): non-finite coordinates, zero or negative width or height, or a box reaching
     outside [0, w] x [0, h]."""
     array = _check_rows(boxes, 4, "boxes of shape Nx4 (XYXY)")
     x0, y0, x1, y1 = array.T
-    with np.errstate(invalid="ignore"):  # NaN comparisons are False; non-finite boxes are caught first
-        nonfinite = ~np.isfinite(array).all(axis=1)
+    with np.errstate(invalid="ignore"):  # NaN comparisons are False; non-finite boxes are named as such first
         flat_x, flat_y = ~(x0 < x1), ~(y0 < y1)
         outside = (x0 < 0) | (y0 < 0) | (x1 > w) | (y1 > h)
-    bad = nonfinite | flat_x | flat_y | outside
-    if not bad.any():
+    first = _first_bad(array, flat_x | flat_y | outside, names, "box", "XYXY")
+    if first is None:
         return array
-    i = int(np.argmax(bad))
-    name = names[i] if names is not None else f"box {i}"
-    if nonfinite[i]:
-        raise ImagingError(f"{name} has NaN or infinite coordinates; expected finite XYXY pixel coordinates")
+    i, name = first
     if flat_x[i] or flat_y[i]:
         side = "width (x1 <= x0)" if flat_x[i] else "height (y1 <= y0)"
         raise ImagingError(f"{name} has zero or negative {side}; expected XYXY with x0 < x1 and y0 < y1")
@@ -631,16 +643,13 @@ def check_points(points: object, h: int, w: int, names: Sequence[str] | None = N
     array = np.zeros((0, 2)) if np.size(points) == 0 else _check_rows(points, 2, "points of shape Px2 (x, y)")
     x, y = array.T
     with np.errstate(invalid="ignore"):
-        nonfinite = ~np.isfinite(array).all(axis=1)
         outside = (x < 0) | (y < 0) | (x > w) | (y > h)
-    bad = nonfinite | outside
-    if not bad.any():
+    first = _first_bad(array, outside, names, "point", "(x, y)")
+    if first is None:
         return array
-    i = int(np.argmax(bad))
-    name = names[i] if names is not None else f"point {i}"
-    if nonfinite[i]:
-        raise ImagingError(f"{name} has NaN or infinite coordinates; expected finite (x, y) pixel coordinates")
-    raise ImagingError(f"{name} lies outside the image of shape ({h}, {w}); expected 0 <= x <= {w} and 0 <= y <= {h}")
+    raise ImagingError(
+        f"{first[1]} lies outside the image of shape ({h}, {w}); expected 0 <= x <= {w} and 0 <= y <= {h}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
