@@ -70,8 +70,9 @@ def bench(arch_name: str, runs: int, batch: int, boxes: int) -> dict[str, float]
     torch_encoder, torch_decoder = EncoderGraph(sam, "sam"), DecoderGraph(sam)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     resized = np.tile(np.array([[size, size * 3 // 4]], np.int64), (batch, 1))
-    box = np.array([[0.1, 0.1, 0.6, 0.7]], np.float32) * size
-    many = np.tile(box, (boxes, 1))
+    # A box as the decoder takes it: its two corners, labelled 2 and 3 (SAM's sparse-prompt convention).
+    box = (np.array([[[0.1, 0.1], [0.6, 0.7]]], np.float32) * size, np.array([[2, 3]], np.float32))
+    many = (np.tile(box[0], (boxes, 1, 1)), np.tile(box[1], (boxes, 1)))
 
     def torch_encode(n: int) -> Callable[[], object]:
         return lambda: torch_encoder(torch.from_numpy(images[:n]), torch.from_numpy(resized[:n]))
@@ -83,11 +84,12 @@ def bench(arch_name: str, runs: int, batch: int, boxes: int) -> dict[str, float]
         embedding = torch_encode(1)().numpy()
         embedding_t = torch.from_numpy(embedding)
 
-        def torch_decode(b: np.ndarray) -> Callable[[], object]:
-            return lambda: torch_decoder(embedding_t, torch.from_numpy(b))
+        def torch_decode(b: tuple[np.ndarray, np.ndarray]) -> Callable[[], object]:
+            return lambda: torch_decoder(embedding_t, *map(torch.from_numpy, b))
 
-        def ort_decode(b: np.ndarray) -> Callable[[], object]:
-            return lambda: decoder.run(None, {"image_embeddings": embedding, "boxes": b})
+        def ort_decode(b: tuple[np.ndarray, np.ndarray]) -> Callable[[], object]:
+            feed = {"image_embeddings": embedding, "point_coords": b[0], "point_labels": b[1]}
+            return lambda: decoder.run(None, feed)
 
         result = {
             "export_seconds": export_seconds,

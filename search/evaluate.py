@@ -30,6 +30,10 @@ from search.tasks import Task
 from search.timing import Stopwatch
 from service import imaging
 
+# The prompt kinds (`service.manifest.PROMPT_KINDS`) this evaluator scores a model with, so its scores and the
+# quality gate say nothing of the others: what an export records as the manifest's `scored_prompts`.
+SCORED_PROMPTS = ("box",)
+
 
 @dataclass(frozen=True)
 class PreparedSlices:

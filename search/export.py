@@ -10,10 +10,13 @@ Pillow-exactly and zero-padded bottom/right; S = image_size), and `resized_hw`: 
 treats padding as `service.imaging.encoder_input` does: only the resized region is normalised (for `medsam` the min
 and max are the region's), the rest is 0 after normalising. B is dynamic.
 
-**decoder.onnx** — inputs `image_embeddings`: (1, C, h, w) float32, one image's embedding, and `boxes`: (N, 4)
-float32 XYXY in model coordinates (`Geometry.box_to_model`). Outputs `low_res_logits`: (N, 4h, 4w) float32 (to the
-image with `Geometry.mask_to_image`) and `iou_predictions`: (N,) float32. N is dynamic. Single-mask output, computed
-by `search.evaluate.decode_boxes`, the function the search scores merges with.
+**decoder.onnx** — SAM's own ONNX prompt convention (`segment_anything.utils.onnx.SamOnnxModel`): inputs
+`image_embeddings`: (1, C, h, w) float32, one image's embedding, `point_coords`: (N, P, 2) float32 (x, y) in model
+coordinates and `point_labels`: (N, P) float32 `service.imaging.PointLabel`s (1 foreground click, 0 background click,
+2 and 3 a box's top-left and bottom-right corners, -1 a padding point, which stands where there is no box exactly as
+`SamPredictor` adds it); `imaging.SparsePrompt.to_model` builds one row. Outputs `low_res_logits`: (N, 4h, 4w)
+float32 (to the image with `Geometry.mask_to_image`) and `iou_predictions`: (N,) float32. N and P are dynamic.
+Single-mask output, computed by `search.evaluate.decode_boxes`, the function the search scores merges with.
 
 `fp16=True` stores the image encoder's and mask decoder's weights as float16 (for GPU serving); the inputs, the
 outputs and the prompt encoder stay float32, so a caller sees the same interface. Parity with torch is a float32
@@ -36,12 +39,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from segment_anything.modeling import Sam
+from segment_anything.modeling import PromptEncoder, Sam
 
 from search.architectures import SamArchitecture, build_sam
 from search.checkpoints import DROPPED_KEYS, load_checkpoint
 from search.errors import ExportError
-from search.evaluate import decode_boxes
+from search.evaluate import SCORED_PROMPTS, decode_boxes
 from search.io import atomic_write_dir
 from search.merge.engine import load_recipe_inputs
 from search.recipe import Recipe, load_recipe, recipe_yaml
@@ -67,7 +70,7 @@ from service.runtime import create_session
 OPSET = 18
 ENCODER_INPUTS = ("image", "resized_hw")
 ENCODER_OUTPUTS = ("image_embeddings",)
-DECODER_INPUTS = ("image_embeddings", "boxes")
+DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
 DECODER_OUTPUTS = ("low_res_logits", "iou_predictions")
 RECIPE_SUFFIXES = (".yaml", ".yml")
 REPORT_PATTERNS = ("*.md", "*.png")
@@ -123,9 +126,23 @@ class EncoderGraph(torch.nn.Module):
         return self.encoder(x.to(self.dtype)).to(torch.float32)
 
 
+def embed_points(encoder: PromptEncoder, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, P, 2) model-coordinate points and their (N, P) `PointLabel`s -> (N, P, C) sparse prompt embeddings,
+    equal to `PromptEncoder`'s for the same clicks and box (its boolean-index assignments become multiplications
+    by label masks, as in `SamOnnxModel._embed_points`, so the graph traces with P dynamic)."""
+    embedding = encoder.pe_layer.forward_with_coords(coords + 0.5, encoder.input_image_size)
+    labels = labels.unsqueeze(-1)
+    embedding = embedding * (labels != imaging.PointLabel.PADDING)
+    embedding = embedding + encoder.not_a_point_embed.weight * (labels == imaging.PointLabel.PADDING)
+    for label, point in enumerate(encoder.point_embeddings):  # background, foreground, box top-left, bottom-right
+        embedding = embedding + point.weight * (labels == label)
+    return embedding
+
+
 class DecoderGraph(torch.nn.Module):
-    """(1, C, h, w) float32 embedding + (N, 4) float32 XYXY model-coordinate boxes -> (N, 4h, 4w) float32 low-res
-    mask logits and (N,) float32 predicted IoU. The prompt encoder runs in float32 whatever the decoder's dtype."""
+    """(1, C, h, w) float32 embedding + (N, P, 2) float32 model-coordinate points with (N, P) float32 labels ->
+    (N, 4h, 4w) float32 low-res mask logits and (N,) float32 predicted IoU. The prompt encoder runs in float32
+    whatever the decoder's dtype."""
 
     def __init__(self, sam: Sam) -> None:
         super().__init__()
@@ -133,14 +150,18 @@ class DecoderGraph(torch.nn.Module):
         self.mask_decoder = sam.mask_decoder
         self.dtype = sam.mask_decoder.iou_token.weight.dtype
 
-    def forward(self, image_embeddings: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+    def forward(
+        self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = point_coords.shape[0]
+        sparse = embed_points(self.prompt_encoder, point_coords, point_labels)
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         logits, iou = decode_boxes(
             self.mask_decoder,
-            image_embeddings.to(self.dtype).expand(boxes.shape[0], -1, -1, -1),
+            image_embeddings.to(self.dtype).expand(n, -1, -1, -1),
             self.prompt_encoder.get_dense_pe().to(self.dtype),
             sparse.to(self.dtype),
-            dense.to(self.dtype),
+            dense.expand(n, -1, *self.prompt_encoder.image_embedding_size).to(self.dtype),
         )
         return logits.to(torch.float32), iou.to(torch.float32)
 
@@ -202,16 +223,18 @@ def export_encoder(sam: Sam, normalization: str, path: Path, metadata: Mapping[s
 
 
 def export_decoder(sam: Sam, path: Path) -> None:
-    """Write `sam`'s prompt encoder (boxes) and mask decoder as `path` (ONNX, dynamic number of boxes)."""
+    """Write `sam`'s prompt encoder (points and boxes) and mask decoder as `path` (ONNX, dynamic numbers of
+    prompts and of points per prompt)."""
     grid = sam.prompt_encoder.image_embedding_size
     embedding = torch.zeros(1, sam.prompt_encoder.embed_dim, *grid)
-    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0]]).repeat(3, 1)
+    _, _, coords, labels = sample_inputs(sam.image_encoder.img_size)
+    prompts, points = torch.export.Dim("prompts", min=1), torch.export.Dim("points", min=1)
     model = _export(
         DecoderGraph(sam).eval(),
-        (embedding, boxes),
+        (embedding, torch.from_numpy(coords), torch.from_numpy(labels)),
         DECODER_INPUTS,
         DECODER_OUTPUTS,
-        {"image_embeddings": None, "boxes": {0: torch.export.Dim("boxes", min=1)}},
+        {"image_embeddings": None, "point_coords": {0: prompts, 1: points}, "point_labels": {0: prompts, 1: points}},
     )
     onnx.save(model, path)
 
@@ -221,15 +244,25 @@ def export_decoder(sam: Sam, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def sample_inputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_inputs(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One random (1, S, S, 3) uint8 model input of a non-square image (3:4, padded on the right), its (1, 2)
-    int64 resized (h, w), and (3, 4) float32 boxes inside it: enough to exercise the padding and the decoder."""
+    int64 resized (h, w), and three sparse prompts inside it as the decoder takes them, (3, 4, 2) float32 points
+    and (3, 4) float32 labels: a box with two clicks, clicks alone (with the padding point), a box alone (with
+    padding labels past its corners, so that every label is exercised): enough for the padding and the decoder."""
     rng = np.random.default_rng(seed)
     h, w = size, size * 3 // 4
     image = np.zeros((1, size, size, 3), np.uint8)
     image[0, :h, :w] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    boxes = np.array([[0.1, 0.1, 0.6, 0.5], [0.3, 0.4, 0.7, 0.9], [0.0, 0.0, 0.75, 1.0]], np.float32) * size
-    return image, np.array([[h, w]], np.int64), boxes
+    coords = np.array(
+        [
+            [[0.3, 0.3], [0.1, 0.45], [0.1, 0.1], [0.6, 0.5]],
+            [[0.5, 0.6], [0.4, 0.8], [0.2, 0.2], [0.0, 0.0]],
+            [[0.0, 0.0], [0.75, 1.0], [0.0, 0.0], [0.0, 0.0]],
+        ],
+        np.float32,
+    )
+    labels = np.array([[1, 0, 2, 3], [1, 1, 0, -1], [2, 3, -1, -1]], np.float32)
+    return image, np.array([[h, w]], np.int64), coords * size, labels
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -252,14 +285,14 @@ def check_with_onnxruntime(
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """Run both graphs in `folder` once on onnxruntime's CPU provider and compare with `reference` (a float32 torch
     SAM); ExportError when they differ by more than `tolerance`. Returns each graph's ports."""
-    image, resized, boxes = sample_inputs(reference.image_encoder.img_size)
+    image, resized, coords, labels = sample_inputs(reference.image_encoder.img_size)
     encoder = create_session(folder / ENCODER_FILE, ["CPUExecutionProvider"])
     decoder = create_session(folder / DECODER_FILE, ["CPUExecutionProvider"])
     embeddings = encoder.run(None, {"image": image, "resized_hw": resized})[0]
-    logits, iou = decoder.run(None, {"image_embeddings": embeddings, "boxes": boxes})
+    logits, iou = decoder.run(None, {"image_embeddings": embeddings, "point_coords": coords, "point_labels": labels})
     with torch.no_grad():
         expected_embeddings = EncoderGraph(reference, normalization)(torch.from_numpy(image), torch.from_numpy(resized))
-        expected = DecoderGraph(reference)(torch.from_numpy(embeddings), torch.from_numpy(boxes))
+        expected = DecoderGraph(reference)(*map(torch.from_numpy, (embeddings, coords, labels)))
     for what, actual, wanted in (
         ("image embeddings", embeddings, expected_embeddings),
         ("mask logits", logits, expected[0]),
@@ -402,6 +435,8 @@ def export_model(
         "recipe": source.recipe.model_dump(mode="json", exclude_none=True) if source.recipe else None,
         "inputs": source.inputs,
         "quality_gate": dict(gate) if gate is not None else None,
+        # What the scores and the gate were measured with (none: nothing was scored); the decoder takes all kinds.
+        "scored_prompts": list(SCORED_PROMPTS) if scores or gate is not None else [],
     }
     reference = build_model(source.state, arch)
     model = build_model(source.state, arch, fp16=True) if fp16 else reference

@@ -73,6 +73,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_decoded_pixels": _positive_int,
     "max_prompts": _positive_int,
     "max_instances": _positive_int,
+    "max_points": _positive_int,
     "cache_mb": _positive_int,
     "batching": _flag,
     "max_batch_size": _positive_int,
@@ -89,13 +90,13 @@ class Settings:
     token: when set, every route but /livez, /readyz and /metrics needs `Authorization: Bearer <token>`.
     device: `gpu` makes /readyz fail unless the sessions run on a GPU provider. max_*: refuse larger requests
     with 413: body bytes (counted as received); rows x columns of one frame; frames a file declares; rows x columns
-    summed over the frames one request decodes; prompts per request; instances of one series request (uploaded or
-    listed by the PACS; a CT of 500 slices fits). The pixel limits bound what a request costs
-    whatever its bytes (a blank frame compresses to almost nothing): a 1024 px model gains nothing from frames
-    past 4096 x 4096, and 64 Mpx are 256 CT slices of 512 x 512. cache_mb: the embedding cache's size. batching,
-    max_batch_size, max_latency_ms: the encoder's adaptive batching; BentoML refuses (503) images it estimates
-    would wait and run past max_latency_ms, so it must exceed the encoder's time for one batch (BentoML's own
-    default, 60 s; a ViT-B encodes an image in about 8 s on 2 CPU cores).
+    summed over the frames one request decodes; prompts per request; clicks (foreground and background) per prompt;
+    instances of one series request (uploaded or listed by the PACS; a CT of 500 slices fits).
+    The pixel limits bound what a request costs whatever its bytes (a blank frame compresses to almost nothing): a
+    1024 px model gains nothing from frames past 4096 x 4096, and 64 Mpx are 256 CT slices of 512 x 512. cache_mb:
+    the embedding cache's size. batching, max_batch_size, max_latency_ms: the encoder's adaptive batching; BentoML
+    refuses (503) images it estimates would wait and run past max_latency_ms, so it must exceed the encoder's time
+    for one batch (BentoML's own default, 60 s; a ViT-B encodes an image in about 8 s on 2 CPU cores).
     dicomweb: the PACS `POST /segment/dicomweb` may call (the file `MEDSAMIX_DICOMWEB` names; none when unset).
     max_pacs_bytes: the most one answer of a PACS may carry (an instance retrieved, a page of a listing, a STOW
     reply); answers are read streaming and cut off past it with 502, never held whole first.
@@ -112,6 +113,7 @@ class Settings:
     max_decoded_pixels: int = Limits.max_decoded_pixels
     max_prompts: int = 64
     max_instances: int = 1000
+    max_points: int = 32
     cache_mb: int = 1024
     batching: bool = True
     max_batch_size: int = 8

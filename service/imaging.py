@@ -7,24 +7,28 @@ Three steps, each a registry whose `get_*(name)` fails listing the valid names:
 
 1. **Intensity presets** (`PRESETS`): raw intensities (CT in HU, MR in scanner units, any real dtype) -> uint8
    0..255, as MedSAM's data preparation does per modality.
-2. **Geometries** (`GEOMETRIES`): the uint8 image -> the square model input, and boxes and masks between the
-   image's frame and the model's frame. `sam` resizes the longest side and pads bottom/right (SAM, MedicoSAM);
+2. **Geometries** (`GEOMETRIES`): the uint8 image -> the square model input, and boxes, clicks and masks between
+   the image's frame and the model's frame. `sam` resizes the longest side and pads bottom/right (SAM, MedicoSAM);
    `medsam` stretches to a square (MedSAM). The image resize is bit-identical to what `segment_anything` feeds
    its encoder (Pillow's BILINEAR, reimplemented here in numpy).
 3. **Normalisations** (`NORMALIZATIONS`): the uint8 model input -> the float32 encoder input (`sam`: ImageNet
    mean/std on the 0-255 scale; `medsam`: min-max to [0, 1]).
 
 Coordinate frames. *Image* coordinates are the decoded image's pixel coordinates: x to the right, y down, the
-image spanning [0, w] x [0, h], boxes as XYXY (x0, y0, x1, y1). *Model* coordinates are the same for the
-size x size model input. Shapes are written (h, w), as numpy does, unless a name says otherwise.
+image spanning [0, w] x [0, h], boxes as XYXY (x0, y0, x1, y1), points (clicks) as (x, y). *Model* coordinates are
+the same for the size x size model input. Shapes are written (h, w), as numpy does, unless a name says otherwise.
+
+A prompt for the decoder (`SparsePrompt`) is an optional box and foreground / background clicks; `to_model` turns it
+into SAM's sparse-prompt points and labels (`PointLabel`), the decoder graph's `point_coords` / `point_labels`.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
 from functools import lru_cache
 from typing import TypeVar
 
@@ -44,9 +48,12 @@ __all__ = [
     "MinMax",
     "Normalization",
     "Percentile",
+    "PointLabel",
     "SamGeometry",
+    "SparsePrompt",
     "Window",
     "check_boxes",
+    "check_points",
     "encoder_input",
     "get_geometry",
     "get_normalization",
@@ -396,18 +403,23 @@ class Geometry(ABC):
         (and, for `medsam`, MedSAM's box / [w, h, w, h] * size up to rounding). Boxes are checked first.
         """
         boxes = check_boxes(boxes, *frame.original)
-        return boxes * self._box_scale(frame)
+        return boxes * np.tile(self._point_scale(frame), 2)
 
     def box_to_image(self, boxes: np.ndarray, frame: Frame) -> np.ndarray:
         """Nx4 XYXY boxes in model coordinates -> Nx4 float64 in image coordinates (the inverse of `box_to_model`)."""
-        boxes = _check_box_shape(boxes)
-        return boxes / self._box_scale(frame)
+        boxes = _check_rows(boxes, 4, "boxes of shape Nx4 (XYXY)")
+        return boxes / np.tile(self._point_scale(frame), 2)
+
+    def points_to_model(self, points: np.ndarray, frame: Frame) -> np.ndarray:
+        """Px2 (x, y) points in image coordinates -> Px2 float64 in model coordinates, scaled as `box_to_model`
+        scales a box's corners (`ResizeLongestSide.apply_coords`). Points are checked first."""
+        points = check_points(points, *frame.original)
+        return points * self._point_scale(frame)
 
     @staticmethod
-    def _box_scale(frame: Frame) -> np.ndarray:
+    def _point_scale(frame: Frame) -> np.ndarray:
         (h, w), (rh, rw) = frame.original, frame.resized
-        x, y = rw / w, rh / h  # Python float division, as apply_coords
-        return np.array([x, y, x, y])
+        return np.array([rw / w, rh / h])  # Python float division, as apply_coords
 
     def mask_scores(self, low_res_logits: np.ndarray, frame: Frame, size: int) -> np.ndarray:
         """(..., h_lr, w_lr) float mask logits from the decoder -> (..., h, w) float32 scores in image coordinates,
@@ -573,37 +585,129 @@ def encoder_input(model_input: np.ndarray, frame: Frame, normalization: Normaliz
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Boxes.
+# Boxes and points.
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_box_shape(boxes: np.ndarray) -> np.ndarray:
-    array = np.asarray(boxes)
-    if array.ndim != 2 or array.shape[1] != 4 or array.dtype == bool or not np.issubdtype(array.dtype, np.number):
-        raise ImagingError(f"expected boxes of shape Nx4 (XYXY) with real coordinates, found {_describe(array)}")
+def _check_rows(values: object, width: int, what: str) -> np.ndarray:
+    """`values` as float64 rows of `width` real coordinates, or ImagingError naming `what` was expected."""
+    array = np.asarray(values)
+    if array.ndim != 2 or array.shape[1] != width or array.dtype == bool or not np.issubdtype(array.dtype, np.number):
+        raise ImagingError(f"expected {what} with real coordinates, found {_describe(array)}")
     if np.issubdtype(array.dtype, np.complexfloating):
-        raise ImagingError(f"expected boxes with real coordinates, found {_describe(array)}")
+        raise ImagingError(f"expected {what} with real coordinates, found {_describe(array)}")
     return array.astype(np.float64)
 
 
-def check_boxes(boxes: np.ndarray, h: int, w: int) -> np.ndarray:
+def _first_bad(
+    array: np.ndarray, bad: np.ndarray, names: Sequence[str] | None, kind: str, layout: str
+) -> tuple[int, str] | None:
+    """None when no row of `array` is `bad` or non-finite, else the first such row's index and name (`names[i]`,
+    default '<kind> i'); ImagingError at once when that row is non-finite."""
+    nonfinite = ~np.isfinite(array).all(axis=1)
+    bad = bad | nonfinite
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    name = names[i] if names is not None else f"{kind} {i}"
+    if nonfinite[i]:
+        raise ImagingError(f"{name} has NaN or infinite coordinates; expected finite {layout} pixel coordinates")
+    return i, name
+
+
+def check_boxes(boxes: np.ndarray, h: int, w: int, names: Sequence[str] | None = None) -> np.ndarray:
     """Nx4 XYXY boxes in the coordinates of an h x w image -> a float64 copy, or ImagingError naming the first bad
-    box: non-finite coordinates, zero or negative width or height, or a box reaching outside [0, w] x [0, h]."""
-    array = _check_box_shape(boxes)
+    box (`names[i]`, default 'box i'): non-finite coordinates, zero or negative width or height, or a box reaching
+    outside [0, w] x [0, h]."""
+    array = _check_rows(boxes, 4, "boxes of shape Nx4 (XYXY)")
     x0, y0, x1, y1 = array.T
-    with np.errstate(invalid="ignore"):  # NaN comparisons are False; non-finite boxes are caught first
-        nonfinite = ~np.isfinite(array).all(axis=1)
+    with np.errstate(invalid="ignore"):  # NaN comparisons are False; non-finite boxes are named as such first
         flat_x, flat_y = ~(x0 < x1), ~(y0 < y1)
         outside = (x0 < 0) | (y0 < 0) | (x1 > w) | (y1 > h)
-    bad = nonfinite | flat_x | flat_y | outside
-    if not bad.any():
+    first = _first_bad(array, flat_x | flat_y | outside, names, "box", "XYXY")
+    if first is None:
         return array
-    i = int(np.argmax(bad))
-    if nonfinite[i]:
-        raise ImagingError(f"box {i} has NaN or infinite coordinates; expected finite XYXY pixel coordinates")
+    i, name = first
     if flat_x[i] or flat_y[i]:
         side = "width (x1 <= x0)" if flat_x[i] else "height (y1 <= y0)"
-        raise ImagingError(f"box {i} has zero or negative {side}; expected XYXY with x0 < x1 and y0 < y1")
+        raise ImagingError(f"{name} has zero or negative {side}; expected XYXY with x0 < x1 and y0 < y1")
     raise ImagingError(
-        f"box {i} reaches outside the image of shape ({h}, {w}); expected 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}"
+        f"{name} reaches outside the image of shape ({h}, {w}); expected 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}"
     )
+
+
+def check_points(points: object, h: int, w: int, names: Sequence[str] | None = None) -> np.ndarray:
+    """Px2 (x, y) points in the coordinates of an h x w image (an empty sequence is no points) -> a float64 copy,
+    or ImagingError naming the first bad point (`names[i]`, default 'point i'): non-finite coordinates or a point
+    outside [0, w] x [0, h]."""
+    array = np.zeros((0, 2)) if np.size(points) == 0 else _check_rows(points, 2, "points of shape Px2 (x, y)")
+    x, y = array.T
+    with np.errstate(invalid="ignore"):
+        outside = (x < 0) | (y < 0) | (x > w) | (y > h)
+    first = _first_bad(array, outside, names, "point", "(x, y)")
+    if first is None:
+        return array
+    raise ImagingError(
+        f"{first[1]} lies outside the image of shape ({h}, {w}); expected 0 <= x <= {w} and 0 <= y <= {h}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sparse prompts: a box and clicks -> SAM's points and labels.
+# --------------------------------------------------------------------------------------------------------------
+
+
+class PointLabel(IntEnum):
+    """SAM's point labels (`PromptEncoder`, its ONNX decoder's `point_labels`): what each sparse-prompt point is."""
+
+    PADDING = -1  # no point: stands in for the absent box, as `PromptEncoder._embed_points(pad=True)` adds it
+    BACKGROUND = 0
+    FOREGROUND = 1
+    BOX_TOP_LEFT = 2
+    BOX_BOTTOM_RIGHT = 3
+
+
+def _no_points() -> np.ndarray:
+    return np.zeros((0, 2))
+
+
+@dataclass(frozen=True, eq=False)
+class SparsePrompt:
+    """One prompt for the decoder in image coordinates: an optional XYXY box (4,) and foreground and background
+    clicks (F, 2) and (B, 2) as (x, y), all float64. Build it with `checked` from untrusted values."""
+
+    box: np.ndarray | None = None
+    foreground: np.ndarray = field(default_factory=_no_points)
+    background: np.ndarray = field(default_factory=_no_points)
+
+    @classmethod
+    def checked(
+        cls,
+        box: Sequence[float] | None,
+        foreground: Sequence[Sequence[float]],
+        background: Sequence[Sequence[float]],
+        h: int,
+        w: int,
+        name: str = "the prompt",
+    ) -> SparsePrompt:
+        """The prompt on an h x w image, or ImagingError naming `name`'s bad box or click (by its index)."""
+        return cls(
+            None if box is None else check_boxes([box], h, w, [f"{name}'s box"])[0],
+            check_points(foreground, h, w, [f"{name}'s foreground click {i}" for i in range(len(foreground))]),
+            check_points(background, h, w, [f"{name}'s background click {i}" for i in range(len(background))]),
+        )
+
+    def to_model(self, geometry: Geometry, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+        """(P, 2) float32 points in model coordinates and their (P,) float32 `PointLabel`s, in SamPredictor's order:
+        the clicks (foreground, then background), then the box's two corners, or one padding point where there is
+        no box. P = clicks + 2 with a box, clicks + 1 without."""
+        clicks = np.concatenate([self.foreground, self.background])
+        labels = [PointLabel.FOREGROUND] * len(self.foreground) + [PointLabel.BACKGROUND] * len(self.background)
+        points = [geometry.points_to_model(clicks, frame)]
+        if self.box is None:
+            points.append(np.zeros((1, 2)))
+            labels.append(PointLabel.PADDING)
+        else:
+            points.append(geometry.box_to_model(self.box[None], frame).reshape(2, 2))
+            labels += [PointLabel.BOX_TOP_LEFT, PointLabel.BOX_BOTTOM_RIGHT]
+        return np.concatenate(points).astype(np.float32), np.array(labels, np.float32)

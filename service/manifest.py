@@ -21,7 +21,7 @@ from typing import Any
 
 from service import imaging
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the decoder takes SAM's sparse prompt (point_coords, point_labels) instead of boxes
 MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
@@ -32,6 +32,9 @@ PINNED_FIELDS = ("architecture", "image_size", "embedding_shape", "precision", "
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 PRECISIONS = ("float32", "float16")
+# What every format-2 decoder takes (boxes, clicks, or both in one prompt); a manifest's `scored_prompts` lists
+# those its scores and quality gate were measured with.
+PROMPT_KINDS = ("box", "points")
 
 
 class StoreError(ValueError):
@@ -97,7 +100,10 @@ def check_manifest(manifest: object, where: str) -> dict[str, Any]:
         raise StoreError(f"{where} should hold a JSON object, found {type(manifest).__name__}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise StoreError(f"{where} has format_version {version!r}; this service reads format_version {FORMAT_VERSION}")
+        raise StoreError(
+            f"{where} has format_version {version!r}; this service reads format_version {FORMAT_VERSION}, so "
+            "re-export the model with this version's medsamix export"
+        )
     name = _field(manifest, "name", str, where)
     if not NAME_PATTERN.match(name):
         raise StoreError(f"{where}: name {name!r} should be letters, digits, '_', '.' or '-' (not first)")
@@ -123,6 +129,9 @@ def check_manifest(manifest: object, where: str) -> dict[str, Any]:
         _field(manifest, "scores", dict, where),
         where,
     )
+    scored = _field(manifest, "scored_prompts", list, where)
+    if not all(kind in PROMPT_KINDS for kind in scored) or len(set(scored)) != len(scored):
+        raise StoreError(f"{where}: scored_prompts should list distinct prompt kinds out of {', '.join(PROMPT_KINDS)}")
     _field(manifest, "inputs", list, where)
     if manifest.get("recipe") is not None:
         _field(manifest, "recipe", dict, where)

@@ -30,16 +30,22 @@ def check_segment_label(label: str) -> str:
 
 
 class Prompt(BaseModel):
-    """One box to segment, in the DICOM image's pixel coordinates (x right, y down; the image spans [0, columns] x
-    [0, rows])."""
+    """One structure to segment, given by a box, by clicks, or by both (SAM's prompts), in the DICOM image's pixel
+    coordinates (x right, y down; the image spans [0, columns] x [0, rows])."""
 
     model_config = ConfigDict(extra="forbid")
 
     box: tuple[float, float, float, float] | None = Field(
-        None, description="XYXY: x0, y0, x1, y1 with x0 < x1 and y0 < y1"
+        None, description="XYXY: x0, y0, x1, y1 with x0 < x1 and y0 < y1, in pixel coordinates; optional with clicks"
     )
-    foreground: list[tuple[float, float]] = Field([], description="TEMP until the points branch lands")
-    background: list[tuple[float, float]] = Field([], description="TEMP until the points branch lands")
+    foreground: list[tuple[float, float]] = Field(
+        default_factory=list,
+        description="clicks on the structure (SAM's point label 1), each [x, y] in the same pixel coordinates as box",
+    )
+    background: list[tuple[float, float]] = Field(
+        default_factory=list,
+        description="clicks off the structure (SAM's point label 0), each [x, y] in the same pixel coordinates as box",
+    )
     frame: int = Field(0, ge=0, description="frame index of a multi-frame image (0 for single-frame images)")
     label: Annotated[str, AfterValidator(check_segment_label)] | None = Field(
         None,
@@ -51,6 +57,12 @@ class Prompt(BaseModel):
         max_length=64,
         description="route to the model merged for this task (else the default model) and use its intensity preset",
     )
+
+    @model_validator(mode="after")
+    def _has_a_prompt(self) -> Prompt:
+        if self.box is None and not self.foreground and not self.background:
+            raise ValueError("expected a prompt to have a box or at least one foreground or background click")
+        return self
 
 
 class SeriesPrompt(BaseModel):
@@ -250,6 +262,10 @@ class ModelCard(BaseModel):
     default: bool = Field(description="serves prompts that name no model and no single-task model's task")
     intensity_presets: dict[str, str]
     scores: dict[str, Any]
+    prompt_kinds: list[str] = Field(description="the prompt kinds the model takes: 'box', 'points' (clicks)")
+    scored_prompts: list[str] = Field(
+        description="the prompt kinds its scores and quality gate were measured with; the others are served unscored"
+    )
     providers: list[str] = Field(description="onnxruntime execution providers the sessions run on")
     manifest: dict[str, Any]
 

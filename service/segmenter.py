@@ -1,16 +1,17 @@
-"""From a decoded DICOM image and box prompts to masks: routing, preprocessing, the embedding cache, the encoder,
-the decoder. No HTTP here, so the BentoML service, the tests and the benchmark run exactly the same steps.
+"""From a decoded DICOM image and prompts (boxes, clicks, or both) to masks: routing, preprocessing, the embedding
+cache, the encoder, the decoder. No HTTP here, so the BentoML service, the tests and the benchmark run exactly the
+same steps.
 
 The encoder is a callable (`Encode`): in the service it is the batched encoder service (which batches images across
 requests), in-process it is `encode_jobs` on the loaded sessions. The decoder runs here, once per (model, frame)
-over all of that frame's boxes.
+and number of prompt points over all of that frame's prompts.
 
 The embedding cache is consulted only once the frame has been decoded and displayed, so a file is refused the same
 way whether or not an equal image was seen before, and it is keyed by what the encoder input is made of: the model
 (name and manifest hash) and a digest of the uint8 image the geometry turns into that input. Two files that share a
 UID but differ in anything that changes the displayed pixels (photometric interpretation, rescale, VOI window,
 modality default) never share an entry; two that display identically do. The one shortcut: a file whose very bytes
-were displayed before (`DisplayMemo`, by the file's sha256) is known to display as it did then, so more boxes on
+were displayed before (`DisplayMemo`, by the file's sha256) is known to display as it did then, so more prompts on
 an image a client resends cost neither a decode nor a window.
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from service import cancellation, imaging
 from service.cache import DisplayMemo, Embedding, EmbeddingCache
+from service.config import Settings
 from service.dicom import DicomImage
 from service.errors import RequestError
 from service.propagation import Ask, SliceAnswer, plan, propagate
@@ -72,11 +74,27 @@ class Served:
         """The execution providers of the first session opened (all are opened on the same list)."""
         return list(self.model.sessions()[0].get_providers())
 
-    def decode(self, embedding: Embedding, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Nx4 image-coordinate boxes on one embedding -> (N, h, w) bool masks in image coordinates, (N,) IoUs."""
-        model_boxes = self.geometry.box_to_model(boxes, embedding.frame).astype(np.float32)
-        logits, iou = self.model.decoder.run(None, {"image_embeddings": embedding.array[None], "boxes": model_boxes})
-        return self.geometry.mask_to_image(logits, embedding.frame, self.size), iou
+    def decode(self, embedding: Embedding, prompts: Sequence[imaging.SparsePrompt]) -> tuple[np.ndarray, np.ndarray]:
+        """Prompts in image coordinates on one embedding -> (N, h, w) bool masks in image coordinates and (N,)
+        float32 IoUs, in prompt order. The decoder runs once per number of points: padding a shorter prompt with
+        padding points to batch it with longer ones would change SAM's answer to it."""
+        frame = embedding.frame
+        masks = np.zeros((len(prompts), *frame.original), bool)
+        ious = np.zeros(len(prompts), np.float32)
+        rows = [prompt.to_model(self.geometry, frame) for prompt in prompts]
+        groups: dict[int, list[int]] = {}
+        for i, (_, labels) in enumerate(rows):
+            groups.setdefault(len(labels), []).append(i)
+        for indices in groups.values():
+            feed = {
+                "image_embeddings": embedding.array[None],
+                "point_coords": np.stack([rows[i][0] for i in indices]),
+                "point_labels": np.stack([rows[i][1] for i in indices]),
+            }
+            logits, iou = self.model.decoder.run(None, feed)
+            ious[indices] = iou
+            masks[indices] = self.geometry.mask_to_image(logits, frame, self.size)
+        return masks, ious
 
     def warm(self) -> None:
         """One run of each graph loaded on a blank image, so the first request does not pay for allocation."""
@@ -85,7 +103,9 @@ class Served:
             encode_jobs({self.name: self}, [EncodeJob(model=self.name, image=model_input, resized=frame.resized)])
         if self.model.decoder is not None:
             blank = np.zeros(self.model.manifest["embedding_shape"], np.float32)
-            self.decode(Embedding(blank, frame), np.array([[0.0, 0.0, self.size / 2, self.size / 2]]))
+            half = self.size / 2
+            prompt = imaging.SparsePrompt(np.array([0.0, 0.0, half, half]), np.array([[half / 2, half / 2]]))
+            self.decode(Embedding(blank, frame), [prompt])
 
 
 def encode_jobs(models: Mapping[str, Served], jobs: Sequence[EncodeJob]) -> list[np.ndarray]:
@@ -196,7 +216,7 @@ class Segmenter:
         cache: EmbeddingCache,
         max_prompts: int,
         displays: DisplayMemo | None = None,
-        max_points: int = 32,
+        max_points: int = Settings.max_points,
     ) -> None:
         self.models = models
         self.router = Router(models, default)
@@ -212,10 +232,7 @@ class Segmenter:
         """Masks for `prompts` on `image`; `model` overrides routing, `preset` the intensity window of every
         prompt (else a prompt's task's preset, else the image's own window)."""
         self._check_request(len(prompts), preset)
-        try:
-            imaging.check_boxes(np.array([p.box for p in prompts], np.float64), image.rows, image.columns)
-        except imaging.ImagingError as error:
-            raise RequestError(str(error)) from None
+        sparse = self._sparse_prompts(prompts, image.rows, image.columns)
 
         # (model, frame, preset) -> the prompts it serves; one embedding and one decoder run each.
         groups: dict[tuple[str, int, str | None], list[int]] = {}
@@ -233,7 +250,7 @@ class Segmenter:
         for key, indices in groups.items():
             cancellation.check()
             served = self.models[key[0]]
-            masks, ious = self._decode(served, embeddings[key], [prompts[i] for i in indices])
+            masks, ious = served.decode(embeddings[key], [sparse[i] for i in indices])
             for i, mask, iou in zip(indices, masks, ious, strict=True):
                 prompt = prompts[i]
                 label = prompt.label or prompt.task or "segment"
@@ -242,7 +259,7 @@ class Segmenter:
 
     def _check_request(self, prompts: int, preset: str | None) -> None:
         if not prompts:
-            raise RequestError("expected at least one prompt with a box; the request has none")
+            raise RequestError("expected at least one prompt (a box, clicks or both); the request has none")
         if prompts > self.max_prompts:
             raise RequestError(
                 f"the request has {prompts} prompts; this server takes at most {self.max_prompts} per request", 413
@@ -252,11 +269,6 @@ class Segmenter:
                 f"the request names an intensity preset this server does not know; known presets: "
                 f"{', '.join(imaging.PRESETS)}"
             )
-
-    @staticmethod
-    def _decode(served: Served, embedding: Embedding, prompts: Sequence[Prompt]) -> tuple[np.ndarray, np.ndarray]:
-        """One decoder run of `served` for `prompts` (checked) on one embedding: bool masks and predicted IoUs."""
-        return served.decode(embedding, np.array([p.box for p in prompts], np.float64))
 
     def segment_series(
         self, volume: Volume, prompts: Sequence[SeriesPrompt], model: str | None = None, preset: str | None = None
@@ -289,7 +301,9 @@ class Segmenter:
                 groups.setdefault(key(ask.walk, ask.slice), []).append(i)
             for k, indices in groups.items():
                 cancellation.check()
-                masks, ious = self._decode(self.models[k[0]], memo[k], [asks[i].prompt for i in indices])
+                prompts_here = [asks[i].prompt for i in indices]
+                sparse = self._sparse_prompts(prompts_here, volume.rows, volume.columns)
+                masks, ious = self.models[k[0]].decode(memo[k], sparse)
                 for i, mask, iou in zip(indices, masks, ious, strict=True):
                     out[i] = (mask, float(iou))
             return out  # type: ignore[return-value]
@@ -300,6 +314,24 @@ class Segmenter:
             for p, served, walk, answers in zip(prompts, routed, walks, walked, strict=True)
         ]
         return SeriesSegmentation(results, encoded, len(memo) - encoded)
+
+    def _sparse_prompts(self, prompts: Sequence[Prompt], rows: int, columns: int) -> list[imaging.SparsePrompt]:
+        """Each prompt checked against the image (a box inside it as today, every click inside it, at most
+        `max_points` clicks) as the decoder's sparse prompt; refusals name the prompt by its index."""
+        for i, prompt in enumerate(prompts):
+            if len(prompt.foreground) + len(prompt.background) > self.max_points:
+                raise RequestError(
+                    f"prompt {i} has more clicks than this server takes; expected at most {self.max_points} "
+                    "foreground and background clicks per prompt",
+                    413,
+                )
+        try:
+            return [
+                imaging.SparsePrompt.checked(p.box, p.foreground, p.background, rows, columns, f"prompt {i}")
+                for i, p in enumerate(prompts)
+            ]
+        except imaging.ImagingError as error:
+            raise RequestError(str(error)) from None
 
     def _embeddings(self, items: Sequence[tuple[DicomImage, int, str, str | None]]) -> tuple[list[Embedding], int]:
         """The embedding of each (image, frame, model, window), in order, and how many were encoded: every frame

@@ -35,6 +35,7 @@ from service.dicom import DicomImage, Limits, PixelBudget, Source, part10, read_
 from service.dicomweb import Pacs
 from service.errors import RequestError
 from service.http import DocumentedErrors, Guard, OneSentence, Readiness
+from service.manifest import PROMPT_KINDS
 from service.masks import encode_rle
 from service.runtime import available_providers
 from service.schemas import (
@@ -186,7 +187,13 @@ class MedSAMix:
 
     def _segmenter(self) -> Segmenter:
         return Segmenter(
-            self.models, SETTINGS.default_model, self._encode, self.cache, SETTINGS.max_prompts, self.displays
+            self.models,
+            SETTINGS.default_model,
+            self._encode,
+            self.cache,
+            SETTINGS.max_prompts,
+            self.displays,
+            SETTINGS.max_points,
         )
 
     def _settle(self) -> bool:
@@ -248,6 +255,8 @@ class MedSAMix:
                 default=name == default,
                 intensity_presets=dict(s.presets),
                 scores=s.model.manifest["scores"],
+                prompt_kinds=list(PROMPT_KINDS),
+                scored_prompts=s.model.manifest["scored_prompts"],
                 providers=s.providers(),
                 manifest=s.model.manifest,
             )
@@ -258,10 +267,11 @@ class MedSAMix:
     def segment(
         self, file: Path, prompts: list[Prompt], model: str | None = None, preset: str | None = None
     ) -> SegmentResponse:
-        """Masks for box prompts on a DICOM image: one COCO RLE mask, its area and predicted IoU per prompt.
+        """Masks for prompts on a DICOM image: one COCO RLE mask, its area and predicted IoU per prompt.
 
         `file`: a DICOM Part 10 file (single- or multi-frame; native or compressed transfer syntaxes).
-        `prompts`: JSON list of {box: [x0, y0, x1, y1] in the image's pixel coordinates, frame, label, task}.
+        `prompts`: JSON list of {box: [x0, y0, x1, y1], foreground: [[x, y], ...], background: [[x, y], ...], frame,
+        label, task}, in the image's pixel coordinates; a box, clicks or both.
         `model`: serve every prompt with this model (else routing by task). `preset`: force an intensity preset.
         """
         return _answer(lambda: self._segment_response(self._run(file, prompts, model, preset)[1]))

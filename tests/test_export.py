@@ -33,7 +33,10 @@ from search.export import (
 from search.recipe import load_recipe
 from search.zoo import task_specs
 from service import imaging
-from service.manifest import METADATA_KEY, check_manifest, pinned
+from service.cache import Embedding
+from service.manifest import FORMAT_VERSION, METADATA_KEY, check_manifest, pinned
+from service.segmenter import Served
+from service.store import LoadedModel
 from tests.conftest import ZOO, ZOO_TASKS, write_sam
 
 CPU = ["CPUExecutionProvider"]
@@ -59,9 +62,9 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def cropped_slices(task_name: str, count: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`count` test slices of a zoo task as (HxW uint8 image, Nx4 boxes), cut to non-square shapes (portrait, then
-    landscape), so that the `sam` geometry pads them and the padding matters."""
+def cropped_slices(task_name: str, count: int = 2) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`count` test slices of a zoo task as (HxW uint8 image, HxW bool mask, Nx4 boxes), cut to non-square shapes
+    (portrait, then landscape), so that the `sam` geometry pads them and the padding matters."""
     _, test, _ = load_task(task_specs(ZOO)[task_name])
     cuts = [np.s_[:, 12:108], np.s_[20:116, :]]
     found = []
@@ -70,53 +73,89 @@ def cropped_slices(task_name: str, count: int = 2) -> list[tuple[np.ndarray, np.
         image, mask = piece.image[cut], piece.mask[cut]
         boxes = mask_boxes(mask)
         if len(boxes) and image.shape[0] != image.shape[1]:
-            found.append((image, boxes))
+            found.append((image, mask, boxes))
         if len(found) == count:
             return found
     raise AssertionError(f"{task_name} has fewer than {count} usable slices")
 
 
+def clicks(mask: np.ndarray, inside: bool, count: int) -> np.ndarray:
+    """`count` (x, y) pixel positions spread over the pixels inside (or outside) `mask`, in raster order."""
+    rows, cols = np.nonzero(mask if inside else ~mask)
+    picked = np.linspace(0, len(rows) - 1, count + 2).round().astype(int)[1:-1]
+    return np.stack([cols[picked], rows[picked]], axis=1).astype(np.float64)
+
+
+def prompts_of(kind: str, mask: np.ndarray, boxes: np.ndarray) -> list[imaging.SparsePrompt]:
+    """A slice's prompts of one kind: every box alone; clicks alone (two foreground, one background); each box with
+    a foreground and a background click; or all three at once (decoded together, grouped by their number of
+    points, a box alone sharing its group with a single click)."""
+    fg, bg = clicks(mask, True, 2), clicks(mask, False, 1)
+    by_kind = {
+        "box": [imaging.SparsePrompt(box) for box in boxes],
+        "clicks": [imaging.SparsePrompt(None, fg, bg), imaging.SparsePrompt(None, fg[:1])],
+        "box and clicks": [imaging.SparsePrompt(box, fg[:1], bg) for box in boxes],
+    }
+    return by_kind[kind] if kind in by_kind else [p for k in by_kind for p in by_kind[k]]
+
+
 def run_onnx(folder: Path, geometry: imaging.Geometry, slices, size: int):
-    """Per slice: (embedding (1,C,h,w), low-res logits, IoU, image-resolution masks) from the exported graphs; the
-    encoder runs once on the whole batch (its batch axis is dynamic)."""
+    """Per slice of (image, prompts): (embedding (1,C,h,w), IoU, image-resolution masks) from the exported graphs,
+    the decoder through the service's own `Served.decode`; the encoder runs once on the whole batch (its batch axis
+    is dynamic)."""
     encoder = ort.InferenceSession(str(folder / "encoder.onnx"), providers=CPU)
     decoder = ort.InferenceSession(str(folder / "decoder.onnx"), providers=CPU)
+    served = Served(LoadedModel(folder.name, {}, "", encoder, decoder), geometry, size, (), {})
     prepared = [geometry.prepare(image, size) for image, _ in slices]
     images = np.stack([model_input for model_input, _ in prepared])
     resized = np.array([frame.resized for _, frame in prepared], np.int64)
     embeddings = encoder.run(None, {"image": images, "resized_hw": resized})[0]
     results = []
-    for i, ((_, boxes), (_, frame)) in enumerate(zip(slices, prepared, strict=True)):
-        model_boxes = geometry.box_to_model(boxes, frame).astype(np.float32)
-        logits, iou = decoder.run(None, {"image_embeddings": embeddings[i : i + 1], "boxes": model_boxes})
-        results.append((embeddings[i : i + 1], logits, iou, geometry.mask_to_image(logits, frame, size)))
+    for i, ((_, prompts), (_, frame)) in enumerate(zip(slices, prepared, strict=True)):
+        masks, iou = served.decode(Embedding(embeddings[i], frame), prompts)
+        results.append((embeddings[i : i + 1], iou, masks))
     return results
+
+
+def boxes_alone(slices) -> list[tuple[np.ndarray, list[imaging.SparsePrompt]]]:
+    """(image, boxes) pairs as (image, one box prompt per box)."""
+    return [(image, [imaging.SparsePrompt(box) for box in boxes]) for image, boxes in slices]
 
 
 def test_every_normalization_has_an_in_graph_twin() -> None:
     assert set(GRAPH_NORMALIZATIONS) == set(imaging.NORMALIZATIONS)
 
 
-def test_sam_model_matches_segment_anything_predictor(zoo_recipe: Path, exported_zoo: Path) -> None:
-    """The exported `sam` model against segment_anything's own SamPredictor (its resize, normalisation, padding,
-    encoder, prompt encoder, decoder and mask post-processing) on padded non-square CT slices."""
+@pytest.mark.parametrize("kind", ["box", "clicks", "box and clicks", "mixed"])
+def test_sam_model_matches_segment_anything_predictor(zoo_recipe: Path, exported_zoo: Path, kind: str) -> None:
+    """The exported `sam` model, decoded as the service decodes, against segment_anything's own SamPredictor (its
+    resize, normalisation, padding, encoder, prompt encoder with its padding point, decoder and mask
+    post-processing) on padded non-square CT slices, for boxes, clicks and both."""
     source = load_source(zoo_recipe)
     sam = build_model(source.state, source.arch)
     predictor = SamPredictor(sam)
-    slices = cropped_slices("ct_liver")
+    slices = [(image, prompts_of(kind, mask, boxes)) for image, mask, boxes in cropped_slices("ct_liver")]
     geometry = imaging.get_geometry("sam")
-    for (image, boxes), (embedding, _, iou, masks) in zip(
+    segmented = False
+    for (image, prompts), (embedding, iou, masks) in zip(
         slices, run_onnx(exported_zoo, geometry, slices, 128), strict=True
     ):
         predictor.set_image(np.repeat(image[:, :, None], 3, axis=2))
         assert relative_error(embedding, predictor.features.numpy()) < ENCODER_TOLERANCE
-        with torch.no_grad():
-            boxes_t = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes), image.shape)
-            logits, expected_iou, _ = predictor.predict_torch(None, None, boxes_t, multimask_output=False)
-        expected = logits[:, 0].numpy() > predictor.model.mask_threshold
-        assert expected.any() and masks.shape == expected.shape
-        assert (masks == expected).mean() >= MASK_AGREEMENT
-        assert np.abs(iou - expected_iou[:, 0].numpy()).max() < IOU_TOLERANCE
+        assert masks.shape == (len(prompts), *image.shape)
+        for prompt, mask, score in zip(prompts, masks, iou, strict=True):
+            points = np.concatenate([prompt.foreground, prompt.background])
+            labels = np.array([1] * len(prompt.foreground) + [0] * len(prompt.background))
+            expected, expected_iou, _ = predictor.predict(
+                point_coords=points if len(points) else None,
+                point_labels=labels if len(points) else None,
+                box=prompt.box,
+                multimask_output=False,
+            )
+            assert (mask == expected[0]).mean() >= MASK_AGREEMENT
+            assert abs(score - expected_iou[0]) < IOU_TOLERANCE
+            segmented = segmented or expected.any()
+    assert segmented  # not only empty masks that would agree whatever the prompt
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +185,11 @@ def test_medsam_model_matches_torch(exported_medsam: Path) -> None:
     source = load_source(ZOO / "mr_specialist_tiny.pth", "medsam")
     sam = build_model(source.state, source.arch)
     # Lifted to 60..187: with a darkest pixel above 0, a min-max that also saw the zero padding would differ.
-    slices = [(image // 2 + 60, boxes) for image, boxes in cropped_slices("mr_grey_matter")]
+    slices = [(image // 2 + 60, boxes) for image, _, boxes in cropped_slices("mr_grey_matter")]
     for name in ("sam", "medsam"):
         geometry = imaging.get_geometry(name)
-        for (image, boxes), (embedding, logits, iou, masks) in zip(
-            slices, run_onnx(exported_medsam, geometry, slices, 128), strict=True
+        for (image, boxes), (embedding, iou, masks) in zip(
+            slices, run_onnx(exported_medsam, geometry, boxes_alone(slices), 128), strict=True
         ):
             model_input, frame = geometry.prepare(image, 128)
             assert (name == "sam") == (frame.resized != (128, 128))
@@ -163,7 +202,6 @@ def test_medsam_model_matches_torch(exported_medsam: Path) -> None:
                     expected_embedding, sam.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=False
                 )
             assert relative_error(embedding, expected_embedding.numpy()) < ENCODER_TOLERANCE
-            assert relative_error(logits, expected_logits[:, 0].numpy()) < ENCODER_TOLERANCE
             expected = geometry.mask_to_image(expected_logits[:, 0].numpy(), frame, 128)
             assert expected.any() and (masks == expected).mean() >= MASK_AGREEMENT
             assert np.abs(iou - expected_iou[:, 0].numpy()).max() < IOU_TOLERANCE
@@ -183,13 +221,15 @@ def test_manifest_lists_every_file_with_its_sha256(zoo_recipe: Path, exported_zo
     assert load_recipe(exported_zoo / "recipe.yaml") == recipe
     assert manifest["recipe"] == recipe.model_dump(mode="json", exclude_none=True)
     assert [i["sha256"] for i in manifest["inputs"]] == [m.sha256 for m in recipe.inputs]
-    assert manifest["name"] == "zoo_sam" and manifest["version"] == "1" and manifest["format_version"] == 1
+    assert manifest["name"] == "zoo_sam" and manifest["version"] == "1"
+    assert manifest["format_version"] == FORMAT_VERSION == 2
     assert datetime.fromisoformat(manifest["created"]).tzinfo is not None
     assert manifest["architecture"] == "tiny" and manifest["precision"] == "float32"
     assert manifest["image_size"] == 128 and manifest["embedding_shape"] == [32, 16, 16]
     assert manifest["tasks"] == list(ZOO_TASKS)
     assert manifest["preprocessing"] == {"geometry": "sam", "normalization": "sam", "intensity_presets": ZOO_TASKS}
     assert manifest["scores"] == {"ct_liver": {"split": "test", "dice": 0.5, "cases": 6}}
+    assert manifest["scored_prompts"] == ["box"]  # what the evaluator scores with; the decoder takes clicks too
     assert manifest["onnx"]["encoder"]["inputs"] == [
         {"name": "image", "dtype": "uint8", "shape": ["batch", 128, 128, 3]},
         {"name": "resized_hw", "dtype": "int64", "shape": ["batch", 2]},
@@ -199,9 +239,10 @@ def test_manifest_lists_every_file_with_its_sha256(zoo_recipe: Path, exported_zo
     ]
     assert manifest["onnx"]["decoder"]["inputs"] == [
         {"name": "image_embeddings", "dtype": "float32", "shape": [1, 32, 16, 16]},
-        {"name": "boxes", "dtype": "float32", "shape": ["boxes", 4]},
+        {"name": "point_coords", "dtype": "float32", "shape": ["prompts", "points", 2]},
+        {"name": "point_labels", "dtype": "float32", "shape": ["prompts", "points"]},
     ]
-    assert [o["shape"] for o in manifest["onnx"]["decoder"]["outputs"]] == [["boxes", 64, 64], ["boxes"]]
+    assert [o["shape"] for o in manifest["onnx"]["decoder"]["outputs"]] == [["prompts", 64, 64], ["prompts"]]
     encoder = onnx.load(exported_zoo / "encoder.onnx", load_external_data=False)
     assert {p.key: p.value for p in encoder.metadata_props}[METADATA_KEY] == pinned(manifest)
     assert min(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx")) >= 17
@@ -223,7 +264,7 @@ def test_fp16_export_runs_on_onnxruntime_cpu(tmp_path: Path, tiny_base) -> None:
     boxes = np.array([[10.0, 20.0, 70.0, 80.0], [40.0, 5.0, 120.0, 60.0]])
     geometry = imaging.get_geometry("sam")
     model_input, frame = geometry.prepare(image, 128)
-    ((embedding, _, _, _),) = run_onnx(folder, geometry, [(image, boxes)], 128)
+    ((embedding, _, _),) = run_onnx(folder, geometry, boxes_alone([(image, boxes)]), 128)
     with torch.no_grad():
         expected = sam.image_encoder(torch.from_numpy(imaging.encoder_input(model_input, frame, "sam"))[None])
     assert relative_error(embedding, expected.numpy()) < 2e-2
@@ -336,7 +377,7 @@ def test_vit_b_graphs_match_torch(tmp_path: Path) -> None:
     image = np.random.default_rng(0).integers(0, 256, (600, 800), dtype=np.uint8)
     boxes = np.array([[100.0, 50.0, 400.0, 300.0], [350.0, 200.0, 790.0, 590.0], [0.0, 0.0, 800.0, 600.0]])
     geometry = imaging.get_geometry("sam")
-    ((embedding, _, iou, masks),) = run_onnx(tmp_path, geometry, [(image, boxes)], size)
+    ((embedding, iou, masks),) = run_onnx(tmp_path, geometry, boxes_alone([(image, boxes)]), size)
     model_input, frame = geometry.prepare(image, size)
     with torch.no_grad():
         expected_embedding = sam.image_encoder(torch.from_numpy(imaging.encoder_input(model_input, frame, "sam"))[None])

@@ -28,8 +28,11 @@ from service.imaging import (
     ImagingError,
     MinMax,
     Percentile,
+    PointLabel,
+    SparsePrompt,
     Window,
     check_boxes,
+    check_points,
     encoder_input,
     get_geometry,
     get_normalization,
@@ -200,6 +203,39 @@ def test_boxes_round_trip_through_the_model_frame(geometry: str, shape: tuple[in
     frame = g.frame(*shape, 1024)
     back = g.box_to_image(g.box_to_model(boxes, frame), frame)
     np.testing.assert_allclose(back, boxes, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", SAM_SHAPES, ids=[f"{h}x{w}" for h, w in SAM_SHAPES])
+def test_sam_points_are_bit_identical_to_apply_coords(shape: tuple[int, int]) -> None:
+    h, w = shape
+    points = np.random.default_rng(w).uniform(0, 1, (7, 2)) * [w, h]
+    for size in (1024, 128):
+        frame = SAM.frame(*shape, size)
+        for p in (points, np.floor(points).astype(np.int64)):
+            np.testing.assert_array_equal(SAM.points_to_model(p, frame), ResizeLongestSide(size).apply_coords(p, shape))
+
+
+def test_a_sparse_prompt_is_sams_points_and_labels_in_sampredictors_order() -> None:
+    """Clicks (foreground, then background), then the box's corners, or one padding point without a box: what
+    `SamPredictor` hands its prompt encoder (`pad=boxes is None`)."""
+    frame = SAM.frame(60, 90, 128)
+    fg, bg, box = [[10.0, 20.0], [30.0, 5.0]], [[80.0, 50.0]], [5.0, 6.0, 70.0, 59.0]
+    coords, labels = SparsePrompt.checked(box, fg, bg, 60, 90).to_model(SAM, frame)
+    assert coords.dtype == labels.dtype == np.float32
+    expected = ResizeLongestSide(128).apply_coords(np.array([*fg, *bg, box[:2], box[2:]]), (60, 90))
+    np.testing.assert_array_equal(coords, expected.astype(np.float32))
+    assert labels.tolist() == [1, 1, 0, 2, 3]
+    coords, labels = SparsePrompt.checked(None, fg[:1], [], 60, 90).to_model(SAM, frame)
+    assert labels.tolist() == [PointLabel.FOREGROUND, PointLabel.PADDING] and coords.shape == (2, 2)
+    coords, labels = SparsePrompt.checked(box, [], [], 60, 90).to_model(MEDSAM, MEDSAM.frame(60, 90, 128))
+    np.testing.assert_allclose(coords.reshape(4), MEDSAM.box_to_model(np.array([box]), MEDSAM.frame(60, 90, 128))[0])
+    assert labels.tolist() == [2, 3]
+
+
+def test_check_points_accepts_the_closed_image_and_no_points() -> None:
+    points = check_points(np.array([[0, 0], [12, 16]], np.int32), 16, 12)
+    assert points.dtype == np.float64 and points.shape == (2, 2)
+    assert check_points([], 5, 5).shape == (0, 2)
 
 
 def test_check_boxes_accepts_valid_boxes_and_returns_float64() -> None:
@@ -431,6 +467,14 @@ ERRORS = {
     "inverted box": (lambda: check_boxes([[0, 0, 4, 4], [0, 9, 4, 3]], 16, 12), r"box 1 .* negative height"),
     "box outside": (lambda: check_boxes([[0, 0, 4, 4]] * 2 + [[0, 0, 13, 4]], 16, 12), r"box 2 reaches outside .*12"),
     "negative box": (lambda: SAM.box_to_model([[-1, 0, 4, 4]], FRAME), r"box 0 reaches outside"),
+    "points Nx3": (lambda: check_points(np.zeros((3, 3)), 16, 12), r"Px2 \(x, y\) .* found shape \(3, 3\)"),
+    "NaN point": (lambda: check_points([[1, 1], [np.inf, 2]], 16, 12), r"point 1 has NaN or infinite"),
+    "point outside": (lambda: SAM.points_to_model([[12.5, 3]], FRAME), r"point 0 lies outside .* 0 <= x <= 12"),
+    "click outside": (
+        lambda: SparsePrompt.checked(None, [[1, 1]], [[0, 1], [0, 17]], 16, 12, "prompt 3"),
+        r"^prompt 3's background click 1 lies outside the image of shape \(16, 12\); expected 0 <= x <= 12 and",
+    ),
+    "named box": (lambda: SparsePrompt.checked([4, 0, 2, 4], [], [], 16, 12, "prompt 2"), r"^prompt 2's box has zero"),
     "1-D logits": (lambda: SAM.mask_to_image(np.zeros(16, np.float32), FRAME, 64), r"\(N, h, w\) .* shape \(16,\)"),
     "frame of another size": (lambda: SAM.mask_to_image(np.zeros((1, 8, 8), np.float32), FRAME, 1024), r"size 1024"),
     "medsam frame for sam": (

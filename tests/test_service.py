@@ -34,10 +34,26 @@ TOKEN = "correct-horse-battery-staple"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LIMITS = {
     "MEDSAMIX_MAX_PROMPTS": "8",
+    "MEDSAMIX_MAX_POINTS": "5",
     "MEDSAMIX_MAX_REQUEST_BYTES": str(2 * 1024 * 1024),
     "MEDSAMIX_MAX_PIXELS": str(1024 * 1024),
     "MEDSAMIX_MAX_FRAMES": "16",
 }
+# The whole sentences of the refusals of clicks: prompt indices, the image's size and the limit, never a value sent.
+CLICK_OUTSIDE = (
+    "prompt 1's background click 0 lies outside the image of shape (64, 80); expected 0 <= x <= 80 and 0 <= y <= 64"
+)
+BOX_OUTSIDE = (
+    "prompt 1's box reaches outside the image of shape (64, 80); expected 0 <= x0 < x1 <= 80 and 0 <= y0 < y1 <= 64"
+)
+TOO_MANY_CLICKS = (
+    "prompt 0 has more clicks than this server takes; expected at most 5 foreground and background clicks per prompt"
+)
+NO_PROMPT = (
+    "the request's fields do not match the API (prompts.0: Value error, expected a prompt to have a box or at least "
+    "one foreground or background click)"
+)
+WHOLE_SENTENCES = (CLICK_OUTSIDE, BOX_OUTSIDE, TOO_MANY_CLICKS, NO_PROMPT)  # the refusal is exactly this
 # Values written into the test files that no response or log line may contain.
 SECRETS = (files.PATIENT_NAME, files.PATIENT_ID, files.STUDY_DESCRIPTION, files.ACCESSION_NUMBER)
 
@@ -80,17 +96,28 @@ def post(
     return httpx.post(server.url + path, files=upload, data=data, headers=headers, timeout=60)
 
 
-def reference(store: Path, name: str, dicom: bytes, boxes: list, frame: int = 0, preset: str | None = None):
-    """The model `name` run directly: decoded frame -> geometry -> encoder -> decoder -> masks, IoUs."""
+def reference(store: Path, name: str, dicom: bytes, prompts: list, frame: int = 0, preset: str | None = None):
+    """The model `name` run directly: decoded frame -> geometry -> encoder -> decoder -> masks, IoUs. Each prompt
+    is a box [x0, y0, x1, y1] or a request prompt {"box"?, "foreground"?, "background"?}, decoded on its own as SAM's
+    points and labels: clicks (1 foreground, 0 background), then the box's corners (2, 3) or a padding point (-1)."""
     model = ModelStore(store).load(name, providers=["CPUExecutionProvider"])
     geometry = imaging.get_geometry(model.manifest["preprocessing"]["geometry"])
     size = model.manifest["image_size"]
     model_input, frame_geometry = geometry.prepare(read_dicom(dicom).display(frame, preset), size)
     resized = np.array([frame_geometry.resized])
     (embedding,) = model.encoder.run(None, {"image": model_input[None], "resized_hw": resized})
-    model_boxes = geometry.box_to_model(np.array(boxes, np.float64), frame_geometry).astype(np.float32)
-    logits, iou = model.decoder.run(None, {"image_embeddings": embedding, "boxes": model_boxes})
-    return geometry.mask_to_image(logits, frame_geometry, size), iou
+    masks, ious = [], []
+    for prompt in prompts:
+        prompt = prompt if isinstance(prompt, dict) else {"box": prompt}
+        fg, bg, box = prompt.get("foreground", []), prompt.get("background", []), prompt.get("box")
+        corners = [[0.0, 0.0]] if box is None else np.reshape(box, (2, 2)).tolist()
+        points = geometry.points_to_model(np.array([*fg, *bg, *corners], np.float64), frame_geometry)
+        labels = [1] * len(fg) + [0] * len(bg) + ([-1] if box is None else [2, 3])
+        inputs = {"point_coords": points[None].astype(np.float32), "point_labels": np.array([labels], np.float32)}
+        logits, iou = model.decoder.run(None, {"image_embeddings": embedding, **inputs})
+        masks.append(geometry.mask_to_image(logits, frame_geometry, size)[0])
+        ious.append(iou[0])
+    return np.stack(masks), np.array(ious)
 
 
 def refusal(response: httpx.Response, status: int, phrase: str = "") -> str:
@@ -143,6 +170,28 @@ def test_masks_equal_the_store_models_run_directly(server: LocalServer, store: P
         assert body["models"][name] == {"version": "1", "manifest_sha256": manifest_sha}
 
 
+def test_clicks_alone_and_with_a_box_equal_the_store_models_run_directly(server: LocalServer, store: Path) -> None:
+    """Foreground and background clicks, alone or with a box, mixed with a box alone in one request (the decoder
+    runs once per number of points), answer what the model answers to SAM's points and labels."""
+    ct = files.testdata("CT_small.dcm")
+    prompts = [
+        {"foreground": [[55, 65], [60.5, 70]], "background": [[10, 120]]},
+        {"box": [20, 30, 90, 100], "foreground": [[55, 65]], "background": [[25, 35]]},
+        {"foreground": [[55, 65]], "task": "ct_liver"},  # -> liver, ct_abdomen window
+        {"box": [20, 30, 90, 100]},
+    ]
+    response = post(server, ct, prompts)
+    expected_masks, expected_ious = reference(store, "demo", ct, [prompts[0], prompts[1], prompts[3]])
+    liver_masks, liver_ious = reference(store, "liver", ct, [prompts[2]], preset="ct_abdomen")
+    got = masks_of(response)
+    for mask, expected in zip(got, [*expected_masks[:2], liver_masks[0], expected_masks[2]], strict=True):
+        np.testing.assert_array_equal(mask, expected)
+    ious = [r["iou"] for r in response.json()["results"]]
+    np.testing.assert_allclose(ious, [*expected_ious[:2], liver_ious[0], expected_ious[2]], atol=1e-5)
+    assert [r["model"] for r in response.json()["results"]] == ["demo", "demo", "liver", "demo"]
+    assert not np.array_equal(got[1], got[3])  # the clicks change the box's answer
+
+
 def test_models_lists_tasks_and_routing_follows_it(server: LocalServer) -> None:
     listing = httpx.get(server.url + "/models", headers=AUTH, timeout=10).json()
     assert listing["refused"] == []
@@ -151,6 +200,9 @@ def test_models_lists_tasks_and_routing_follows_it(server: LocalServer) -> None:
     assert cards["liver"]["tasks"] == ["ct_liver"] and cards["liver"]["single_task"] and not cards["liver"]["default"]
     assert cards["demo"]["default"] and not cards["demo"]["single_task"] and len(cards["demo"]["tasks"]) == 5
     assert cards["demo"]["providers"] == ["CPUExecutionProvider"]
+    # The decoders take clicks, but only the gated demo was scored (with boxes, the evaluator's prompts).
+    assert cards["demo"]["prompt_kinds"] == cards["liver"]["prompt_kinds"] == ["box", "points"]
+    assert (cards["demo"]["scored_prompts"], cards["liver"]["scored_prompts"]) == (["box"], [])
     ct = files.testdata("CT_small.dcm")
     box = [20, 30, 90, 100]
     routed = post(server, ct, [{"box": box, "task": "ct_liver"}, {"box": box, "task": "mr_grey_matter"}]).json()
@@ -261,7 +313,7 @@ def test_openapi_describes_the_api(server: LocalServer) -> None:
         "prompts",
     }
     prompt = spec["components"]["schemas"]["Prompt"]
-    assert set(prompt["properties"]) == {"box", "frame", "label", "task"}
+    assert set(prompt["properties"]) == {"box", "foreground", "background", "frame", "label", "task"}
     assert spec["paths"]["/models"]["get"]["responses"]["200"]
 
 
@@ -280,6 +332,11 @@ def _bad_requests() -> list[tuple[str, Any, int, str]]:
         ("frame out of range", (ct, [{"box": [5, 5, 40, 40], "frame": 3}]), 400, "out of range"),
         ("too many prompts", (ct, box * 9), 413, "at most 8"),
         ("no prompts", (ct, []), 400, "at least one prompt"),
+        ("click outside", (ct, [box[0], {"foreground": [[3, 3]], "background": [[81, 10]]}]), 400, CLICK_OUTSIDE),
+        ("box outside beside clicks", (ct, [{"foreground": [[3, 3]]}, {"box": [5, 5, 90, 40]}]), 400, BOX_OUTSIDE),
+        ("NaN click", (ct, '[{"foreground": [[NaN, 3]]}]'), 400, "prompt 0's foreground click 0 has NaN"),
+        ("too many clicks", (ct, [{"foreground": [[1, 1]] * 4, "background": [[2, 2]] * 2}]), 413, TOO_MANY_CLICKS),
+        ("neither box nor click", (ct, [{"frame": 0, "foreground": [], "label": "liver"}]), 400, NO_PROMPT),
         ("unknown model", (ct, box, "/segment", None, {"model": "nope"}), 404, "names a model this server does not"),
         ("unknown task", (ct, [{"box": [5, 5, 40, 40], "task": "lung"}]), 400, "prompt 0 names a task no model"),
         (
@@ -290,7 +347,6 @@ def _bad_requests() -> list[tuple[str, Any, int, str]]:
         ),
         ("undecodable syntax", (files.compressed(ct, files.UNDECODABLE_SYNTAX), box), 415, "cannot be decoded"),
         ("prompts not JSON", (ct, "[{box: 1"), 400, "prompts"),
-        ("prompt without box", (ct, [{"frame": 0}]), 400, "box"),
         ("wrong token", (ct, box, "/segment", {"Authorization": "Bearer nope"}), 401, "bearer token"),
         ("oversize body", (bytes(3 * 1024 * 1024), box), 413, "larger than this server accepts"),
         ("two models in one SEG", (ct, [box[0], {**box[0], "task": "ct_liver"}], "/segment/seg"), 400, "one model"),
@@ -307,6 +363,7 @@ def test_bad_input_is_one_sentence_and_the_server_stays_up(
     assert response.status_code == status, response.text
     message = response.json()["error"]
     assert phrase in message, message
+    assert phrase not in WHOLE_SENTENCES or message == phrase, message
     assert "\n" not in message and "Traceback" not in message
     assert not any(secret in message for secret in SECRETS)
     assert httpx.get(server.url + "/livez", timeout=10).status_code == 200

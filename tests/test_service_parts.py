@@ -28,12 +28,14 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
         {"MEDSAMIX_MODELS": "/srv/models", "MEDSAMIX_MAX_PROMPTS": "16", "MEDSAMIX_BATCHING": "off", "OTHER": "x"}
     )
     assert (settings.models, settings.max_prompts, settings.batching) == (Path("/srv/models"), 16, False)
+    assert (Settings().max_points, Settings.from_env({"MEDSAMIX_MAX_POINTS": "4"}).max_points) == (32, 4)
 
 
 @pytest.mark.parametrize(
     "name, value, phrase",
     [
         ("MEDSAMIX_MAX_PROMPTS", "0", "positive integer"),
+        ("MEDSAMIX_MAX_POINTS", "-3", "positive integer"),
         ("MEDSAMIX_CACHE_MB", "lots", "positive integer"),
         ("MEDSAMIX_DEVICE", "tpu", "one of cpu, gpu"),
         ("MEDSAMIX_BATCHING", "maybe", "one of 1/0"),
@@ -108,6 +110,33 @@ def test_segmenter_equals_the_steps_run_by_hand_and_caches(demo: Served) -> None
     with pytest.raises(RequestError, match="at most 4") as error:
         segmenter.segment(read_dicom(dicom), [Prompt(box=boxes[0])] * 5)
     assert error.value.status == 413
+
+
+def test_segmenter_decodes_clicks_and_limits_them_per_prompt(demo: Served) -> None:
+    """Prompts of three lengths on one frame (grouped by number of points) equal each prompt run by hand, in
+    request order; a click outside the image and too many clicks are refused naming the prompt."""
+    segmenter = Segmenter(
+        {"demo": demo}, "demo", lambda jobs: encode_jobs({"demo": demo}, jobs), EmbeddingCache(2**24), 8, max_points=3
+    )
+    dicom = files.ct_image(files.ct_hu(60, 90, seed=3))
+    prompts = [
+        {"foreground": [[40, 30]]},
+        {"box": [5, 5, 50, 40], "foreground": [[20, 20]], "background": [[6, 39]]},
+        {"box": [30, 10, 88, 59]},
+        {"foreground": [[40, 30], [45, 35]], "background": [[89, 59.5]]},
+    ]
+    result = segmenter.segment(read_dicom(dicom), [Prompt(**p) for p in prompts])
+    expected, ious = reference(REPO / "models", "demo", dicom, prompts)
+    np.testing.assert_array_equal(np.stack([r.mask for r in result.results]), expected)
+    np.testing.assert_allclose([r.iou for r in result.results], ious, atol=1e-6)
+    with pytest.raises(RequestError, match="^prompt 1's foreground click 0 lies outside the image of shape") as error:
+        segmenter.segment(read_dicom(dicom), [Prompt(box=[5, 5, 50, 40]), Prompt(foreground=[[90.5, 3]])])
+    assert error.value.status == 400
+    with pytest.raises(RequestError, match="^prompt 0 has more clicks than this server takes; expected at most 3") as e:
+        segmenter.segment(read_dicom(dicom), [Prompt(foreground=[[1, 1]] * 2, background=[[2, 2]] * 2)])
+    assert e.value.status == 413
+    with pytest.raises(ValueError, match="expected a prompt to have a box or at least one foreground or background"):
+        Prompt(foreground=[], label="liver")
 
 
 def test_a_file_resent_byte_for_byte_is_not_decoded_again(demo: Served, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -63,7 +63,8 @@ def test_a_good_export_loads_and_reproduces_torch(store: ModelStore, zoo_recipe:
     model_input, frame = geometry.prepare(image, 128)
     embedding = model.encoder.run(None, {"image": model_input[None], "resized_hw": np.array([frame.resized])})[0]
     boxes = np.array([[10.0, 10.0, 60.0, 40.0]], np.float32)
-    logits, iou = model.decoder.run(None, {"image_embeddings": embedding, "boxes": boxes})
+    corners = {"point_coords": boxes.reshape(1, 2, 2), "point_labels": np.array([[2, 3]], np.float32)}
+    logits, iou = model.decoder.run(None, {"image_embeddings": embedding, **corners})
     with torch.no_grad():
         expected = sam.image_encoder(torch.from_numpy(imaging.encoder_input(model_input, frame, "sam"))[None])
         sparse, dense = sam.prompt_encoder(points=None, boxes=torch.from_numpy(boxes), masks=None)
@@ -111,7 +112,12 @@ def test_a_missing_or_unlisted_file_is_refused(store: ModelStore) -> None:
         (lambda m: m["preprocessing"].update(geometry="crop"), "unknown geometry 'crop': expected one of sam, medsam"),
         (lambda m: m.pop("image_size"), "the manifest of model 'zoo_sam' lacks the field 'image_size'"),
         (lambda m: m.update(embedding_shape="32x16x16"), "field 'embedding_shape' should be of type list, found str"),
-        (lambda m: m.update(format_version=2), "has format_version 2; this service reads format_version 1"),
+        (
+            lambda m: m.update(format_version=1),
+            "has format_version 1; this service reads format_version 2, so re-export the model",
+        ),
+        (lambda m: m.pop("scored_prompts"), "lacks the field 'scored_prompts'"),
+        (lambda m: m.update(scored_prompts=["box", "mask"]), "scored_prompts should list distinct prompt kinds out"),
         (lambda m: m.update(name="other"), "in folder 'zoo_sam' names the model 'other'"),
         (lambda m: m["scores"].update(kidney={"dice": 1.0}), r"scores\['kidney'\] should be an object with a 'split'"),
     ],
