@@ -46,7 +46,9 @@ RUN python3.11 -m venv "$VIRTUAL_ENV" \
         "python-gdcm>=3.0.10" \
         "pylibjpeg-rle>=2.0" \
         "pyjpegls>=1.3" \
-        "dicomweb-client>=0.61"
+        "dicomweb-client>=0.61" \
+        "nibabel>=5.2" \
+        "pynrrd>=1.0"
 
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin medsamix
 

@@ -79,6 +79,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_batch_size": _positive_int,
     "max_latency_ms": _positive_int,
     "dicomweb": _dicomweb,
+    "monailabel_pacs": _text,
+    "max_sessions": _positive_int,
+    "max_session_bytes": _positive_int,
+    "session_ttl_s": _positive_int,
 }
 
 
@@ -100,6 +104,11 @@ class Settings:
     dicomweb: the PACS `POST /segment/dicomweb` may call (the file `MEDSAMIX_DICOMWEB` names; none when unset).
     max_pacs_bytes: the most one answer of a PACS may carry (an instance retrieved, a page of a listing, a STOW
     reply); answers are read streaming and cut off past it with 502, never held whole first.
+    token: several clients may each have their own, comma-separated; a MONAI Label session belongs to the token
+    that made it. monailabel_pacs: the allow-list entry (by name) the MONAI Label routes fetch an `image` (a Series
+    Instance UID) from, as MONAI Label's own DICOMweb datastore is one server. max_sessions, max_session_bytes,
+    session_ttl_s: how many MONAI Label sessions the server keeps at once, how many uploaded bytes they hold
+    together, and how long one lives after its last use (a viewer's `expiry` may only shorten it).
     """
 
     models: Path = Path("models")
@@ -119,6 +128,19 @@ class Settings:
     max_batch_size: int = 8
     max_latency_ms: int = 60000
     dicomweb: DicomwebConfig | None = None
+    monailabel_pacs: str | None = None
+    max_sessions: int = 16
+    max_session_bytes: int = 4 * 1024 * 1024 * 1024
+    session_ttl_s: int = 3600
+
+    def __post_init__(self) -> None:
+        if self.monailabel_pacs is not None and (
+            self.dicomweb is None or self.monailabel_pacs not in self.dicomweb.pacs
+        ):
+            raise SettingsError(
+                "MEDSAMIX_MONAILABEL_PACS should name a PACS of the allow-list MEDSAMIX_DICOMWEB names, found a name "
+                "that is not on it" + (" (MEDSAMIX_DICOMWEB is unset)" if self.dicomweb is None else "")
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -35,6 +35,7 @@ __all__ = ["DicomwebConfig", "Pacs", "PacsConfig", "load_config", "normalize_url
 
 SOP_INSTANCE_UID = "00080018"
 SERIES_INSTANCE_UID = "0020000E"
+STUDY_INSTANCE_UID = "0020000D"
 
 
 def normalize_url(url: str) -> str:
@@ -193,6 +194,20 @@ class Pacs:
         if not all(all(isinstance(uid, str) for uid in ref) for ref in refs):
             raise RequestError(f"expected PACS '{self.name}' to list each instance's UIDs, some lack them", 502)
         return refs  # type: ignore[return-value]
+
+    def study_of(self, series: str) -> str:
+        """The Study Instance UID of a series known only by its Series Instance UID (QIDO-RS over all studies): what
+        a MONAI Label `image` id is."""
+        with self._call("find a series"):
+            found = self.client.search_for_series(
+                search_filters={SERIES_INSTANCE_UID: series}, fields=[STUDY_INSTANCE_UID], limit=2
+            )
+        studies = {_value(item, STUDY_INSTANCE_UID) for item in found}
+        if not studies:
+            raise RequestError(f"expected PACS '{self.name}' to hold the series, it has none with that UID", 404)
+        if len(studies) > 1 or not all(isinstance(uid, str) for uid in studies):
+            raise RequestError(f"expected PACS '{self.name}' to list the series in one study, found otherwise", 502)
+        return studies.pop()  # type: ignore[return-value]
 
     def retrieve(self, study: str, series: str, instance: str) -> bytes:
         """One instance (WADO-RS, in the transfer syntax the PACS stores it in) as a DICOM Part 10 file."""

@@ -28,6 +28,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+# MONAI Label's login: a viewer asks whether the server wants credentials (GET /auth/) and trades them for a token
+# (POST /auth/token) before it sends any token, so these two answer without one (`service.monailabel`).
+LOGIN_PATHS = frozenset({"/auth/", "/auth/token"})
+#: Where the guard leaves, in the ASGI scope, who the request's token names (`Tokens.owner`); None without tokens.
+OWNER = "medsamix.owner"
 DISCONNECT: Message = {"type": "http.disconnect"}
 # Sent with an answer given before the body was read: the server closes the connection instead of reading on.
 CLOSE = (b"connection", b"close")
@@ -55,7 +60,7 @@ class Guard:
 
     def __init__(self, app: ASGIApp, token: str | None, max_bytes: int) -> None:
         self.app = app
-        self.token = hashlib.sha256(token.encode()).digest() if token else None
+        self.tokens = Tokens(token)
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,8 +85,10 @@ class Guard:
     def _refusal(self, scope: Scope) -> tuple[HTTPStatus, str, list[tuple[bytes, bytes]]] | None:
         """(status, sentence, headers) of a request refused on its headers alone, or None."""
         headers = _headers(scope)
-        if self.token is not None and scope["path"] not in OPEN_PATHS:
-            if not self._authorized(headers.get(b"authorization", [b""])[-1]):
+        scope[OWNER] = None
+        if self.tokens and scope["path"] not in OPEN_PATHS | LOGIN_PATHS:
+            scope[OWNER] = self._owner(headers.get(b"authorization", [b""])[-1])
+            if scope[OWNER] is None:
                 sentence = (
                     "this server needs a bearer token: send the header 'Authorization: Bearer <token>' with the "
                     "token it was configured with"
@@ -101,14 +108,33 @@ class Guard:
             return HTTPStatus.REQUEST_ENTITY_TOO_LARGE, self._too_large(), []
         return None
 
-    def _authorized(self, header: bytes) -> bool:
+    def _owner(self, header: bytes) -> str | None:
         scheme, _, credentials = header.partition(b" ")
-        # Digests of equal length: compare_digest then takes the same time whatever the token sent, even its length.
-        valid = hmac.compare_digest(hashlib.sha256(credentials.strip()).digest(), self.token)  # type: ignore[arg-type]
-        return valid and scheme.lower() == b"bearer"
+        owner = self.tokens.owner(credentials)
+        return owner if scheme.lower() == b"bearer" else None
 
     def _too_large(self) -> str:
         return f"the request body is larger than this server accepts ({self.max_bytes} bytes per request)"
+
+
+class Tokens:
+    """The bearer tokens a server accepts (MEDSAMIX_TOKEN: one, or several separated by commas, one per client), held
+    as sha256 digests. A token's owner is a digest of it: what a request's sessions belong to, never the token."""
+
+    def __init__(self, raw: str | None) -> None:
+        tokens = [t.strip() for t in (raw or "").split(",") if t.strip()]
+        self._digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def owner(self, credential: bytes) -> str | None:
+        """The owner of `credential` if it is one of the tokens, else None. Every token is compared, each in constant
+        time over digests of equal length, so the time taken says nothing about which token, or how much of one,
+        matched."""
+        digest = hashlib.sha256(credential.strip()).digest()
+        matches = [hmac.compare_digest(digest, known) for known in self._digests]
+        return hashlib.sha256(b"owner:" + digest).hexdigest()[:32] if any(matches) else None
 
 
 def _headers(scope: Scope) -> dict[bytes, list[bytes]]:

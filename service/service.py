@@ -27,14 +27,14 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
-from service import forms, redaction
+from service import forms, monailabel, redaction
 from service.cache import DisplayMemo, EmbeddingCache
 from service.cancellation import ClientGone
 from service.config import Settings
 from service.dicom import DicomImage, Limits, PixelBudget, Source, part10, read_dicom
 from service.dicomweb import Pacs
 from service.errors import RequestError
-from service.http import DocumentedErrors, Guard, OneSentence, Readiness
+from service.http import DocumentedErrors, Guard, OneSentence, Readiness, Tokens
 from service.manifest import PROMPT_KINDS
 from service.masks import encode_rle
 from service.runtime import available_providers
@@ -64,7 +64,8 @@ from service.schemas import (
     field_names,
 )
 from service.seg import Algorithm, SegmentMask, SliceMask, build_seg, build_series_seg
-from service.segmenter import SeriesSegmentation, Segmentation, Segmenter, Served, encode_jobs
+from service.segmenter import Segmentation, Segmenter, SeriesSegmentation, Served, encode_jobs
+from service.sessions import Sessions
 from service.store import ModelStore
 from service.volume import Volume, build_volume
 
@@ -182,6 +183,7 @@ class MedSAMix:
         self.cache = EmbeddingCache(SETTINGS.cache_mb * 1024 * 1024)
         self.displays = DisplayMemo()
         self.segmenter = self._segmenter()
+        self.sessions = Sessions(SETTINGS.max_sessions, SETTINGS.max_session_bytes, SETTINGS.session_ttl_s)
         self._settled = False
         self._settling = threading.Lock()
 
@@ -212,6 +214,11 @@ class MedSAMix:
                 REFUSED_MODELS.set(len(self.refused_models))
                 self._settled = True
             return True
+
+    @bentoml.on_shutdown
+    def _close_sessions(self) -> None:
+        """MONAI Label sessions are temporary: none outlives the server."""
+        self.sessions.close()
 
     def __is_ready__(self) -> bool:
         return self._settle() and bool(self.models) and on_requested_device(self.models, SETTINGS)
@@ -326,7 +333,7 @@ class MedSAMix:
     ) -> SegFile:
         """The same masks as one DICOM SEG for the series: it references every instance that has a mask, one
         segment per label, frames only where a mask is non-empty."""
-        return _answer(lambda: self._dicom_response(self._series_seg(*self._run_series(files, prompts, model, preset))))
+        return _answer(lambda: self._dicom_response(self.series_seg(*self._run_series(files, prompts, model, preset))))
 
     @bentoml.api(route="/segment/dicomweb/series")
     def segment_dicomweb_series(self, request: DicomwebSeriesRequest, /) -> DicomwebSeriesResponse:
@@ -370,11 +377,9 @@ class MedSAMix:
 
     def _segment_dicomweb_series(self, request: DicomwebSeriesRequest) -> DicomwebSeriesResponse:
         pacs = self._pacs(request)
-        refs = pacs.instances(request.study, request.series)
-        self._check_instances(len(refs))
-        sources = [_spooled(pacs.retrieve(request.study, request.series, uid)) for _, uid in refs]
+        sources = self.fetch_series(pacs, request.study, request.series, Path(bentoml.Context().temp_dir))
         volume, result = self._run_series(sources, request.prompts, request.model, request.preset)
-        seg = self._series_seg(volume, result)
+        seg = self.series_seg(volume, result)
         pacs.store([seg])
         logger.info("stored 1 SEG over %d slices into PACS '%s'", len(volume), pacs.name)
         return DicomwebSeriesResponse(
@@ -395,13 +400,36 @@ class MedSAMix:
     def _run_series(
         self, sources: Sequence[Source], prompts: list[SeriesPrompt], model: str | None, preset: str | None
     ) -> tuple[Volume, SeriesSegmentation]:
+        volume = self.read_series(sources)
+        return volume, self.segment_volume(volume, prompts, model, preset)
+
+    def read_series(self, sources: Sequence[Source]) -> Volume:
+        """The volume of one series' DICOM files (within the instance and pixel limits; headers only)."""
         self._check_started()
         self._check_instances(len(sources))
         budget = PixelBudget(self.limits.max_decoded_pixels)  # one for the whole series
-        volume = build_volume([read_dicom(source, self.limits, budget) for source in sources])
+        return build_volume([read_dicom(source, self.limits, budget) for source in sources])
+
+    def segment_volume(
+        self, volume: Volume, prompts: list[SeriesPrompt], model: str | None, preset: str | None
+    ) -> SeriesSegmentation:
+        """`Segmenter.segment_series`, counted in the metrics: what every series route (and MONAI Label's infer)
+        runs."""
+        self._check_started()
         result = self.segmenter.segment_series(volume, prompts, model, preset)
         self._count(result.encoded, result.cached, [r.model for r in result.results])
-        return volume, result
+        return result
+
+    def fetch_series(self, pacs: Pacs, study: str, series: str, folder: Path) -> list[Path]:
+        """Every instance of a series retrieved from `pacs` into files in `folder` (read from disk slice by slice
+        later, never held in memory whole)."""
+        refs = pacs.instances(study, series)
+        self._check_instances(len(refs))
+        return [_spooled(pacs.retrieve(study, series, uid), folder) for _, uid in refs]
+
+    def named_pacs(self, name: str) -> Pacs:
+        """The allow-list's PACS `name` (a setting names it; `Settings` checked that it is on the list)."""
+        return Pacs(name, self.settings.dicomweb.pacs[name], self.settings.max_pacs_bytes)  # type: ignore[union-attr]
 
     def _series_results(self, volume: Volume, result: SeriesSegmentation, masks: bool) -> list[SeriesResult]:
         return [
@@ -434,7 +462,7 @@ class MedSAMix:
             models=self._refs({r.model for r in result.results}),
         )
 
-    def _series_seg(self, volume: Volume, result: SeriesSegmentation) -> highdicom.seg.Segmentation:
+    def series_seg(self, volume: Volume, result: SeriesSegmentation) -> highdicom.seg.Segmentation:
         """The one DICOM SEG of `result` on `volume`, named after the one model that answered every prompt."""
         masks = [SliceMask(r.label, a.slice, a.mask) for r in result.results for a in r.slices]
         return build_series_seg(volume, masks, self._algorithm({r.model for r in result.results}))
@@ -538,6 +566,8 @@ ERRORS = {
     "/segment/dicomweb/instances": PACS_ERRORS,
     "/models": (401,),
 }
+VIEWER_ERRORS = (400, 401, 403, 404, 413, 422, 502, 503, 504)
+ERRORS |= {path: VIEWER_ERRORS for path in ("/infer/{model}", "/session/", "/session/{session_id}")}
 # In order from the outside in: the Guard refuses before anything reads a body; its answers are already in shape.
 MedSAMix.add_asgi_middleware(Guard, token=SETTINGS.token, max_bytes=SETTINGS.max_request_bytes)
 MedSAMix.add_asgi_middleware(OneSentence, fields=field_names(api.input_spec for api in MedSAMix.apis.values()))
@@ -553,10 +583,9 @@ def _volume_info(volume: Volume) -> VolumeInfo:
     return VolumeInfo(slices=len(volume), rows=volume.rows, columns=volume.columns, spacing=volume.spacing)
 
 
-def _spooled(data: bytes) -> Path:
-    """`data` (an instance a PACS sent) written to the request's temporary folder, so a series is read from disk
-    slice by slice instead of held in memory whole."""
-    handle, name = tempfile.mkstemp(suffix=".dcm", dir=bentoml.Context().temp_dir)
+def _spooled(data: bytes, folder: Path) -> Path:
+    """`data` (an instance a PACS sent) written to a file in `folder` (a request's temporary folder)."""
+    handle, name = tempfile.mkstemp(suffix=".dcm", dir=folder)
     with open(handle, "wb") as out:
         out.write(data)
     return Path(name)
@@ -573,3 +602,7 @@ def _answer(compute: Callable[[], T]) -> T | JSONResponse:
     except ClientGone:
         ABANDONED.inc()
         return Response(status_code=CLIENT_CLOSED)
+
+
+# The MONAI Label routes join GET /models in the mounted app (they answer files and multipart bodies).
+models_app.include_router(monailabel.routes(bentoml.get_current_service, _answer, Tokens(SETTINGS.token)))

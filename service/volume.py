@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -37,9 +38,11 @@ __all__ = [
     "SLACK_MM",
     "SPACING_TOLERANCE",
     "Slice",
+    "SliceImage",
     "Stack",
     "Volume",
     "build_volume",
+    "patient_affine",
     "stack_planes",
 ]
 
@@ -49,12 +52,22 @@ SLACK_MM = 0.01  # what DS round-off moves a position by: spacing slack, and the
 _UNIT_SLACK = 1e-2  # how far direction cosines may be from unit length and orthogonality (not a plane otherwise)
 
 
+class SliceImage(Protocol):
+    """What segmenting a slice needs of the image it is a frame of: a DICOM image, or an uploaded NIfTI or NRRD volume
+    (`service.volumes`), whose frames are its slices."""
+
+    @property
+    def file_digest(self) -> str: ...
+
+    def display(self, frame: int, preset: str | None = None) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class Slice:
     """One 2-D slice of a volume: frame `frame` (0 for a single-frame instance) of `image`, `position` mm along the
     volume's normal."""
 
-    image: DicomImage
+    image: SliceImage
     frame: int
     uid: str  # the instance's SOP Instance UID
     position: float
@@ -110,6 +123,25 @@ def build_volume(images: Sequence[DicomImage], *, tolerance: float = SPACING_TOL
         for (instance, frame), position in zip(stack.planes, stack.positions, strict=True)
     )
     return Volume(slices, images[0].rows, images[0].columns, spacing, stack.normal)
+
+
+def patient_affine(volume: Volume) -> np.ndarray:
+    """4x4 float64: voxel index (i, j, k) = (column, row, slice along the normal) -> patient coordinates in mm (LPS,
+    DICOM's frame). The array order ITK gives a DICOM series, so a label volume written with it overlays the series
+    in every viewer. Slices are equally spaced (`build_volume` checked), so slice 0's position and the normal fix
+    them all."""
+    first = volume.slices[0]
+    ds = first.image.dataset  # type: ignore[attr-defined]  # a DICOM volume's slices are DicomImages
+    name = "slice 0"
+    orientation = _numbers(ds, first.frame, "PlaneOrientationSequence", "ImageOrientationPatient", 6, name)
+    origin = _numbers(ds, first.frame, "PlanePositionSequence", "ImagePositionPatient", 3, name)
+    spacing = _numbers(ds, first.frame, "PixelMeasuresSequence", "PixelSpacing", 2, name)  # row, column spacing
+    affine = np.eye(4)
+    affine[:3, 0] = orientation[:3] * spacing[1]  # along a row: the next column
+    affine[:3, 1] = orientation[3:] * spacing[0]  # down a column: the next row
+    affine[:3, 2] = np.asarray(volume.normal) * volume.spacing
+    affine[:3, 3] = origin
+    return affine
 
 
 def stack_planes(datasets: Sequence[Dataset]) -> Stack:
