@@ -7,6 +7,7 @@ label volume is held against `/segment/series` on that series with the same prom
 geometry. Every connection goes to 127.0.0.1.
 """
 
+# ruff: noqa: F811  (pytest's fixtures imported from test_dicomweb and test_series are taken as arguments by name)
 from __future__ import annotations
 
 import io
@@ -27,40 +28,26 @@ from monailabel.client.client import MONAILabelClient, MONAILabelClientException
 from service.local import LocalServer, serve
 from service.volumes import LPS_FROM_RAS
 from tests import dicomfiles as files
-from tests.test_dicomweb import PACS_PASSWORD, PACS_USER, Orthanc, orthanc  # noqa: F401  (the Orthanc fixture)
-from tests.test_series import volume_of
+from tests.test_dicomweb import PACS_PASSWORD, PACS_USER, Orthanc, orthanc  # noqa: F401
+from tests.test_series import SLICES, series, volume, volume_of  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN, OTHER = "viewer-token-4b7e", "other-token-93ac"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SLICES = 12
 LIVER = 1  # the zoo's label, and ct_liver's value in the demo model's MONAI Label labels
 SECRETS = (files.PATIENT_NAME, files.PATIENT_ID, files.STUDY_DESCRIPTION, files.ACCESSION_NUMBER, PACS_PASSWORD)
 RAS = np.array([[-0.75, 0, 0, 90.0], [0, -0.75, 0, 110.0], [0, 0, 2.0, -30.0], [0, 0, 0, 1]])
 
 
 @pytest.fixture(scope="module")
-def ct() -> tuple[np.ndarray, np.ndarray]:
-    from search.zoo import ct_volume
-
-    image, label = ct_volume(seed=901, depth=SLICES)
-    return np.rint(image).astype(np.int16), label
-
-
-@pytest.fixture(scope="module")
-def series(ct) -> list[bytes]:
-    return [files.to_bytes(ds) for ds in files.ct_series(ct[0], spacing=2.0)]
-
-
-@pytest.fixture(scope="module")
-def nifti(ct, tmp_path_factory) -> Path:
+def nifti(volume, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("volumes") / "ct.nii.gz"
-    nibabel.save(nibabel.Nifti1Image(ct[0].transpose(2, 1, 0), RAS), path)
+    nibabel.save(nibabel.Nifti1Image(volume[0].transpose(2, 1, 0), RAS), path)
     return path
 
 
 @pytest.fixture(scope="module")
-def server(orthanc: Orthanc, series, tmp_path_factory) -> LocalServer:  # noqa: F811
+def server(orthanc: Orthanc, series, tmp_path_factory) -> LocalServer:
     for data in series:
         orthanc.upload(data)
     root = tmp_path_factory.mktemp("monailabel-server")
@@ -140,9 +127,9 @@ def test_info_lists_every_model_as_an_interactive_3d_model(server) -> None:
 
 
 def test_an_uploaded_nifti_with_roi_and_clicks_gives_the_series_masks_in_its_geometry(
-    server, ct, series, nifti
+    server, volume, series, nifti
 ) -> None:
-    _, label = ct
+    _, label = volume
     roi, click = liver_roi(label), liver_click(label)
     params = {"label": "ct_liver", "roi": roi, "foreground": [click], "background": [], "unknown_param": {"x": 1}}
     result, answer = client(server).infer("demo", "", params, file=str(nifti))
@@ -160,9 +147,21 @@ def test_an_uploaded_nifti_with_roi_and_clicks_gives_the_series_masks_in_its_geo
     assert answer["voxels"] == int(expected.sum())
 
 
-def test_clicks_only_as_ohif_sends_them_by_series_uid_from_the_pacs_as_nrrd(server, ct, series) -> None:
+def infer_by_uid(server: LocalServer, series: list[bytes], output: str, params: dict) -> httpx.Response:
+    """POST /infer/demo as OHIF sends it: image = the Series Instance UID, `params` the only form field."""
+    uid = files.read(series[0]).SeriesInstanceUID
+    return httpx.post(
+        f"{server.url}/infer/demo",
+        params={"image": uid, "output": output},
+        files={"params": (None, json.dumps(params))},
+        headers=AUTH,
+        timeout=120,
+    )
+
+
+def test_clicks_only_as_ohif_sends_them_by_series_uid_from_the_pacs_as_nrrd(server, volume, series) -> None:
     """OHIF v3's PointPrompts: image = the Series Instance UID, output=image, an NRRD of uint8 asked for."""
-    _, label = ct
+    _, label = volume
     click = liver_click(label)
     params = {
         "foreground": [click],
@@ -173,14 +172,7 @@ def test_clicks_only_as_ohif_sends_them_by_series_uid_from_the_pacs_as_nrrd(serv
         "result_compress": False,
         "restore_label_idx": False,
     }
-    uid = files.read(series[0]).SeriesInstanceUID
-    response = httpx.post(
-        f"{server.url}/infer/demo",
-        params={"image": uid, "output": "image"},
-        files={"params": (None, json.dumps(params))},
-        headers=AUTH,
-        timeout=120,
-    )
+    response = infer_by_uid(server, series, "image", params)
     assert response.status_code == 200, response.text
     stream = io.BytesIO(response.content)
     header = nrrd.read_header(stream)
@@ -193,27 +185,19 @@ def test_clicks_only_as_ohif_sends_them_by_series_uid_from_the_pacs_as_nrrd(serv
     np.testing.assert_allclose(np.abs(np.diag(header["space directions"])), [*first.PixelSpacing[::-1], 2.0])
 
 
-def test_dicom_seg_for_a_series_from_the_pacs(server, ct, series) -> None:
-    _, label = ct
-    uid = files.read(series[0]).SeriesInstanceUID
-    params = {"foreground": [liver_click(label)], "label": "ct_liver"}
-    response = httpx.post(
-        f"{server.url}/infer/demo",
-        params={"image": uid, "output": "dicom_seg"},
-        files={"params": (None, json.dumps(params))},
-        headers=AUTH,
-        timeout=120,
-    )
+def test_dicom_seg_for_a_series_from_the_pacs(server, volume, series) -> None:
+    _, label = volume
+    response = infer_by_uid(server, series, "dicom_seg", {"foreground": [liver_click(label)], "label": "ct_liver"})
     assert response.status_code == 200, response.text
     seg = files.read(response.content)
     assert seg.Modality == "SEG" and seg.StudyInstanceUID == files.read(series[0]).StudyInstanceUID
 
 
-def test_slicers_own_requests_login_session_and_minmax_roi(server, ct, series, nifti, tmp_path) -> None:
+def test_slicers_own_requests_login_session_and_minmax_roi(server, volume, series, nifti, tmp_path) -> None:
     """What Slicer's MONAILabel module sends, in its order: the auth probe and login (the token as password),
     /info/, PUT /session/ with the saved volume, GET /session/{id}, then POST /infer with the session, its segment's
     name, its clicks in IJK, the model's config echoed, and its roi from the ROI node's RAS corners."""
-    _, label = ct
+    _, label = volume
     assert requests.get(server.url + "/auth/", timeout=10).json() == {"enabled": True}
     login = {"username": "radiologist", "password": TOKEN, "grant_type": "password"}
     token = requests.post(server.url + "/auth/token", data=login, timeout=10).json()
@@ -246,8 +230,8 @@ def test_slicers_own_requests_login_session_and_minmax_roi(server, ct, series, n
     getter.remove_session(session)
 
 
-def test_sessions_belong_to_their_token_and_expire(server, ct, nifti) -> None:
-    _, label = ct
+def test_sessions_belong_to_their_token_and_expire(server, volume, nifti) -> None:
+    _, label = volume
     made = client(server).create_session(str(nifti))
     session = made["session_id"]
     params = {"foreground": [liver_click(label)], "label": "ct_liver"}
@@ -294,8 +278,8 @@ def _zip(parts: list[bytes]) -> bytes:
     return out.getvalue()
 
 
-def test_a_zip_of_one_series_segments_as_the_series(server, ct, series) -> None:
-    _, label = ct
+def test_a_zip_of_one_series_segments_as_the_series(server, volume, series) -> None:
+    _, label = volume
     click = liver_click(label)
     params = {"foreground": [click], "label": "ct_liver", "result_extension": ".nii"}
     response = httpx.post(
@@ -313,11 +297,11 @@ def test_a_zip_of_one_series_segments_as_the_series(server, ct, series) -> None:
     np.testing.assert_allclose(origin[:3], [float(v) for v in files.read(series[0]).ImagePositionPatient])
 
 
-def bad_inputs(ct: np.ndarray, series: list[bytes]) -> list[tuple[str, str, dict, tuple, int, str]]:
+def bad_inputs(hu: np.ndarray, series: list[bytes]) -> list[tuple[str, str, dict, tuple, int, str]]:
     """(case, model, params, file part, status, a word of the sentence)."""
-    volume = ct.transpose(2, 1, 0)
-    good = ("ct.nii", _nifti_bytes(volume))
-    other = [files.to_bytes(ds) for ds in files.ct_series(ct[:4], spacing=2.0, series_instance_uid=files.uid("x"))]
+    stored = hu.transpose(2, 1, 0)
+    good = ("ct.nii", _nifti_bytes(stored))
+    other = [files.to_bytes(ds) for ds in files.ct_series(hu[:4], spacing=2.0, series_instance_uid=files.uid("x"))]
     click = {"foreground": [[10, 10, 3]]}
     return [
         ("unknown model", "nonesuch", click, good, 404, "serve"),
@@ -326,15 +310,15 @@ def bad_inputs(ct: np.ndarray, series: list[bytes]) -> list[tuple[str, str, dict
         ("click outside", "demo", {"foreground": [[10, 10, SLICES]]}, good, 400, "outside"),
         ("background only", "demo", {"background": [[10, 10, 3]]}, good, 400, "foreground"),
         ("not a nifti", "demo", click, ("ct.nii.gz", b"\x1f\x8b" + files.PATIENT_NAME.encode() * 40), 422, "NIfTI"),
-        ("4-D nifti", "demo", click, ("ct.nii", _nifti_bytes(np.stack([volume, volume], -1))), 422, "3-D"),
+        ("4-D nifti", "demo", click, ("ct.nii", _nifti_bytes(np.stack([stored, stored], -1))), 422, "3-D"),
         ("two series zipped", "demo", click, ("s.zip", _zip(series[:4] + other)), 400, "series"),
         ("unknown task", "demo", {**click, "task": "nonesuch"}, good, 400, "task"),
     ]
 
 
 @pytest.mark.parametrize("case", range(9))
-def test_bad_input_is_one_sentence_and_the_server_stays_up(server, ct, series, case) -> None:
-    name, model, params, part, status, word = bad_inputs(ct[0], series)[case]
+def test_bad_input_is_one_sentence_and_the_server_stays_up(server, volume, series, case) -> None:
+    name, model, params, part, status, word = bad_inputs(volume[0], series)[case]
     response = httpx.post(
         f"{server.url}/infer/{model}",
         files={"params": (None, json.dumps(params)), "file": part},
