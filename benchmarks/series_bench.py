@@ -138,8 +138,9 @@ def speed(args: argparse.Namespace) -> dict:
         with serve({"MEDSAMIX_MODELS": str(models), "MEDSAMIX_CACHE_MB": "4096"}, root / "serve.log") as server:
             with httpx.Client(base_url=server.url, timeout=3600) as http:
                 for run in range(args.runs):
-                    # a new series each run: one pixel outside the ball changes, so every displayed slice is new
-                    hu[:, 0, 0] = -1000 + run
+                    # a new series each run: one corner pixel takes a new value inside the abdomen window (3 HU is
+                    # more than one grey level of its 400 HU width), so every displayed slice is new
+                    hu[:, 0, 0] = -150 + 3 * run
                     files = [
                         ("files", (f"{i}.dcm", to_bytes(ds), "application/dicom")) for i, ds in enumerate(ct_series(hu))
                     ]
