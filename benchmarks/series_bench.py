@@ -78,7 +78,9 @@ def accuracy(args: argparse.Namespace) -> dict:
     )
     loader = NnUNetLoader(CT)
     rules = [(m, a) for m in MARGINS for a in MIN_AREAS]
-    rows: dict[str, list[float]] = {"per-slice boxes": [], "3-D box": []} | {f"margin {m}, min_area {a}": [] for m, a in rules}
+    rows: dict[str, list[float]] = {"per-slice boxes": [], "3-D box": []} | {
+        f"margin {m}, min_area {a}": [] for m, a in rules
+    }
     walked: dict[str, list[int]] = {key: [] for key in rows}
     for case in loader.case_ids():
         (volume,) = loader.read(case)

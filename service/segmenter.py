@@ -278,9 +278,7 @@ class Segmenter:
         self._check_request(len(prompts), preset)
         routed = [self.router.route(p.task, model, i) for i, p in enumerate(prompts)]
         windows = [preset or (s.presets.get(p.task) if p.task else None) for s, p in zip(routed, prompts, strict=True)]
-        walks = [
-            plan(p, i, len(volume), volume.rows, volume.columns, self.max_points) for i, p in enumerate(prompts)
-        ]
+        walks = [plan(p, i, len(volume), volume.rows, volume.columns, self.max_points) for i, p in enumerate(prompts)]
         memo: dict[tuple[str, int, str | None], Embedding] = {}
         encoded = 0
 

@@ -64,7 +64,7 @@ from service.schemas import (
     field_names,
 )
 from service.seg import Algorithm, SegmentMask, SliceMask, build_seg, build_series_seg
-from service.segmenter import SeriesSegmentation, Segmentation, Segmenter, Served, encode_jobs
+from service.segmenter import Segmentation, Segmenter, SeriesSegmentation, Served, encode_jobs
 from service.store import ModelStore
 from service.volume import Volume, build_volume
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from io import BytesIO
-from pathlib import Path
 
 import highdicom
 import httpx
@@ -183,7 +182,9 @@ def test_an_enhanced_multiframe_volume_walks_its_frames(server: LocalServer, vol
     data = files.multiframe(frames)  # frame i lies at z = -i: the volume's slice order runs against the frames
     z, box = middle_box(label[:6])
     slice_index = 5 - z
-    response = post_series(server, [("files", ("mf.dcm", data, "application/dicom"))], [{"box": box, "slice": slice_index}])
+    response = post_series(
+        server, [("files", ("mf.dcm", data, "application/dicom"))], [{"box": box, "slice": slice_index}]
+    )
     assert response.status_code == 200, response.text
     (answer,) = response.json()["results"]
     uid = files.read(data).SOPInstanceUID
@@ -192,7 +193,10 @@ def test_an_enhanced_multiframe_volume_walks_its_frames(server: LocalServer, vol
         single = post(server, data, [{"box": s["box"], "frame": s["frame"]}])
         np.testing.assert_array_equal(decode_rle(s["mask"]), decode_rle(single.json()["results"][0]["mask"]))
     seg = post_series(
-        server, [("files", ("mf.dcm", data, "application/dicom"))], [{"box": box, "slice": slice_index}], "/segment/series/seg"
+        server,
+        [("files", ("mf.dcm", data, "application/dicom"))],
+        [{"box": box, "slice": slice_index}],
+        "/segment/series/seg",
     )
     assert seg.status_code == 200, seg.text
 
@@ -202,7 +206,9 @@ def _other_series(series: list[bytes]) -> list[bytes]:
 
 
 def _other_size(series: list[bytes]) -> list[bytes]:
-    small = files.ct_series(np.zeros((1, 32, 32), np.int16), series_instance_uid=files.read(series[0]).SeriesInstanceUID)
+    small = files.ct_series(
+        np.zeros((1, 32, 32), np.int16), series_instance_uid=files.read(series[0]).SeriesInstanceUID
+    )
     small[0].ImagePositionPatient = [-100.0, -120.0, 500.0]
     return [*series, files.to_bytes(small[0])]
 
