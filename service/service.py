@@ -1,4 +1,5 @@
-"""The BentoML service hospitals run: DICOM + boxes in, masks (RLE JSON) or a DICOM SEG out.
+"""The BentoML service hospitals run: DICOM + prompts (boxes, clicks) in, masks (RLE JSON) or a DICOM SEG out, for
+one image or, propagated from one prompt, for a whole series.
 
 Two services in one process tree (`bentoml serve service.service:MedSAMix`): the front `MedSAMix` decodes DICOM,
 routes prompts, keeps the embedding cache and runs the decoders; it `depends` on `Encoder`, whose one batchable
@@ -166,8 +167,8 @@ SegFile = Annotated[Path, ContentType("application/dicom")]
 @bentoml.asgi_app(models_app, path="/")
 @bentoml.service(name="medsamix", workers=1, traffic={"timeout": 300})
 class MedSAMix:
-    """POST /segment, POST /segment/seg, POST /segment/dicomweb, GET /models; /livez, /readyz, /metrics come with
-    BentoML."""
+    """POST /segment, /segment/seg, /segment/series, /segment/series/seg, /segment/dicomweb,
+    /segment/dicomweb/series, /segment/dicomweb/instances, GET /models; /livez, /readyz, /metrics come with BentoML."""
 
     encoder = bentoml.depends(Encoder)
 
