@@ -78,7 +78,9 @@ def accuracy(args: argparse.Namespace) -> dict:
     )
     loader = NnUNetLoader(CT)
     rules = [(m, a) for m in MARGINS for a in MIN_AREAS]
-    rows: dict[str, list[float]] = {"per-slice boxes": [], "3-D box": []} | {f"margin {m}, min_area {a}": [] for m, a in rules}
+    rows: dict[str, list[float]] = {"per-slice boxes": [], "3-D box": []} | {
+        f"margin {m}, min_area {a}": [] for m, a in rules
+    }
     walked: dict[str, list[int]] = {key: [] for key in rows}
     for case in loader.case_ids():
         (volume,) = loader.read(case)
@@ -138,8 +140,9 @@ def speed(args: argparse.Namespace) -> dict:
         with serve({"MEDSAMIX_MODELS": str(models), "MEDSAMIX_CACHE_MB": "4096"}, root / "serve.log") as server:
             with httpx.Client(base_url=server.url, timeout=3600) as http:
                 for run in range(args.runs):
-                    # a new series each run: one pixel outside the ball changes, so every displayed slice is new
-                    hu[:, 0, 0] = -1000 + run
+                    # a new series each run: one corner pixel takes a new value inside the abdomen window (3 HU is
+                    # more than one grey level of its 400 HU width), so every displayed slice is new
+                    hu[:, 0, 0] = -150 + 3 * run
                     files = [
                         ("files", (f"{i}.dcm", to_bytes(ds), "application/dicom")) for i, ds in enumerate(ct_series(hu))
                     ]

@@ -57,7 +57,7 @@ class UploadForm(MultipartSerde):
         lists = {name for name in files if typing.get_origin(cls.model_fields[name].annotation) is list}
         allowed = {name: self.max_files if name in lists else 1 for name in cls.model_fields}
         # One file more than allowed, so a repeated or one-too-many file gets its own sentence.
-        form = await _read_form(request, files=sum(allowed[name] for name in files) + 1)
+        form = await _read_form(request, files=sum(allowed[name] for name in files) + 1, series=bool(lists))
         counts: dict[str, int] = {}
         for name, _ in form.multi_items():
             counts[name] = counts.get(name, 0) + 1
@@ -86,13 +86,15 @@ class UploadForm(MultipartSerde):
         return cls.model_validate(data)
 
 
-async def _read_form(request: Request, files: int) -> FormData:
-    """The parsed form within this service's limits, or one sentence naming the limit it broke."""
+async def _read_form(request: Request, files: int, series: bool) -> FormData:
+    """The parsed form within this service's limits, or one sentence naming the limit it broke; more files than a
+    route with a list of files takes (`series`) is a 413 (the limit of instances per request), more than a
+    one-file route takes is a malformed form (400)."""
     try:
         return await request.form(max_files=files, max_fields=MAX_PARTS, max_part_size=MAX_TEXT_BYTES)
     except (HTTPException, MultiPartException) as error:
         reason = str(getattr(error, "detail", None) or getattr(error, "message", "") or "malformed")
-        if "maximum number of files" in reason.lower():
+        if series and "maximum number of files" in reason.lower():
             raise TooLarge(
                 f"expected at most {files - 1} file(s) in the form (this server's limit of instances per request), "
                 "found more"

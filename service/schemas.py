@@ -191,7 +191,7 @@ class DicomwebStudy(BaseModel):
 
 
 class DicomwebRequest(DicomwebStudy):
-    """Segment instances of a series on a PACS and store one DICOM SEG per instance back into it.
+    """Segment instances of a series on a PACS and store one DICOM SEG for them back into it.
 
     `prompts` as a list applies to `instance` (or, without it, to every instance of the series); as a mapping
     SOP Instance UID -> prompts it names the instances itself (then `instance` is not given)."""
@@ -213,7 +213,7 @@ class StoredSeg(BaseModel):
 
 class InstanceResult(BaseModel):
     source: str = Field(description="the segmented image's SOP Instance UID")
-    seg: StoredSeg
+    seg: StoredSeg = Field(description="the request's one SEG, which holds this instance's masks")
     results: list[PromptResult]
 
 

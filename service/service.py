@@ -1,4 +1,5 @@
-"""The BentoML service hospitals run: DICOM + boxes in, masks (RLE JSON) or a DICOM SEG out.
+"""The BentoML service hospitals run: DICOM + prompts (boxes, clicks) in, masks (RLE JSON) or a DICOM SEG out, for
+one image or, propagated from one prompt, for a whole series.
 
 Two services in one process tree (`bentoml serve service.service:MedSAMix`): the front `MedSAMix` decodes DICOM,
 routes prompts, keeps the embedding cache and runs the decoders; it `depends` on `Encoder`, whose one batchable
@@ -63,7 +64,15 @@ from service.schemas import (
     VolumeInfo,
     field_names,
 )
-from service.seg import Algorithm, SegmentMask, SliceMask, build_seg, build_series_seg
+from service.seg import (
+    Algorithm,
+    InstanceMask,
+    SegmentMask,
+    SliceMask,
+    build_instances_seg,
+    build_seg,
+    build_series_seg,
+)
 from service.segmenter import Segmentation, Segmenter, SeriesSegmentation, Served, encode_jobs
 from service.sessions import Sessions
 from service.store import ModelStore
@@ -167,8 +176,8 @@ SegFile = Annotated[Path, ContentType("application/dicom")]
 @bentoml.asgi_app(models_app, path="/")
 @bentoml.service(name="medsamix", workers=1, traffic={"timeout": 300})
 class MedSAMix:
-    """POST /segment, POST /segment/seg, POST /segment/dicomweb, GET /models; /livez, /readyz, /metrics come with
-    BentoML."""
+    """POST /segment, /segment/seg, /segment/series, /segment/series/seg, /segment/dicomweb,
+    /segment/dicomweb/series, /segment/dicomweb/instances, GET /models; /livez, /readyz, /metrics come with BentoML."""
 
     encoder = bentoml.depends(Encoder)
 
@@ -294,8 +303,9 @@ class MedSAMix:
 
     @bentoml.api(route="/segment/dicomweb")
     def segment_dicomweb(self, request: DicomwebRequest, /) -> DicomwebResponse:
-        """Retrieve instances from an allowed PACS (WADO-RS), segment them, store one DICOM SEG per instance back
-        (one STOW-RS request, after every instance was segmented) and answer with the SEGs' UIDs and the masks.
+        """Retrieve instances of one series from an allowed PACS (WADO-RS), segment them, store one DICOM SEG for
+        all of them back (one STOW-RS request, after every instance was segmented: a request that fails part way
+        stores nothing) and answer with the SEG's UIDs and the masks.
 
         The PACS is named by its DICOMweb URL and must be on the server's allow-list (else 403); its credentials
         come from the server's configuration. A PACS that cannot be reached or answers an error: 502; that does not
@@ -361,18 +371,29 @@ class MedSAMix:
                 f"{self.settings.max_prompts} per request",
                 413,
             )
-        segs, instances = [], []
         budget = PixelBudget(self.limits.max_decoded_pixels)  # one for the whole request, however many instances
-        for uid, prompts in work:
-            data = pacs.retrieve(request.study, request.series, uid)
-            image, result = self._run(data, prompts, request.model, request.preset, budget)
-            seg = self._segmentation(image, result)
-            segs.append(seg)
-            stored = StoredSeg(study=seg.StudyInstanceUID, series=seg.SeriesInstanceUID, instance=seg.SOPInstanceUID)
-            instances.append(InstanceResult(source=uid, seg=stored, results=self._prompt_results(result)))
-        pacs.store(segs)
-        logger.info("stored %d SEG(s) into PACS '%s'", len(segs), pacs.name)
-        names = {r.model for i in instances for r in i.results}
+        segmented = [
+            (
+                uid,
+                *self._run(
+                    pacs.retrieve(request.study, request.series, uid), prompts, request.model, request.preset, budget
+                ),
+            )
+            for uid, prompts in work
+        ]
+        masks = [
+            InstanceMask(r.label, index, r.frame, r.mask)
+            for index, (_, _, result) in enumerate(segmented)
+            for r in result.results
+        ]
+        names = {r.model for _, _, result in segmented for r in result.results}
+        seg = build_instances_seg([image.dataset for _, image, _ in segmented], masks, self._algorithm(names))
+        pacs.store([seg])
+        logger.info("stored 1 SEG over %d instance(s) into PACS '%s'", len(segmented), pacs.name)
+        stored = StoredSeg(study=seg.StudyInstanceUID, series=seg.SeriesInstanceUID, instance=seg.SOPInstanceUID)
+        instances = [
+            InstanceResult(source=uid, seg=stored, results=self._prompt_results(result)) for uid, _, result in segmented
+        ]
         return DicomwebResponse(instances=instances, models=self._refs(names))
 
     def _segment_dicomweb_series(self, request: DicomwebSeriesRequest) -> DicomwebSeriesResponse:

@@ -186,8 +186,9 @@ def stack_planes(datasets: Sequence[Dataset]) -> Stack:
     close = np.flatnonzero(np.diff(positions[order]) <= SLACK_MM)
     if close.size:
         first, second = (planes[order[close[0] + k]][part] for k in (0, 1))
+        where = " (PlanePositionSequence)" if multiframe else " (ImagePositionPatient)"
         raise _unstackable(
-            f"expected each slice at its own position along the slice normal, found {kind}s that share one "
+            f"expected each slice at its own position along the slice normal{where}, found {kind}s that share one "
             f"({kind}s {first} and {second})"
         )
     return Stack(

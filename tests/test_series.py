@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from io import BytesIO
-from pathlib import Path
 
 import highdicom
 import httpx
@@ -177,12 +176,39 @@ def test_clicks_alone_start_on_their_slice(server: LocalServer, volume, series) 
     assert answer["voxels"] > 0
 
 
+def test_an_enhanced_multiframe_volume_walks_its_frames(server: LocalServer, volume) -> None:
+    image, label = volume
+    frames = image[:6]
+    data = files.multiframe(frames)  # frame i lies at z = -i: the volume's slice order runs against the frames
+    z, box = middle_box(label[:6])
+    slice_index = 5 - z
+    response = post_series(
+        server, [("files", ("mf.dcm", data, "application/dicom"))], [{"box": box, "slice": slice_index}]
+    )
+    assert response.status_code == 200, response.text
+    (answer,) = response.json()["results"]
+    uid = files.read(data).SOPInstanceUID
+    for s in answer["slices"]:
+        assert s["source"] == uid and s["frame"] == 5 - s["slice"]
+        single = post(server, data, [{"box": s["box"], "frame": s["frame"]}])
+        np.testing.assert_array_equal(decode_rle(s["mask"]), decode_rle(single.json()["results"][0]["mask"]))
+    seg = post_series(
+        server,
+        [("files", ("mf.dcm", data, "application/dicom"))],
+        [{"box": box, "slice": slice_index}],
+        "/segment/series/seg",
+    )
+    assert seg.status_code == 200, seg.text
+
+
 def _other_series(series: list[bytes]) -> list[bytes]:
     return [*series[:-1], files.with_changes(series[-1], SeriesInstanceUID=files.uid("another series"))]
 
 
 def _other_size(series: list[bytes]) -> list[bytes]:
-    small = files.ct_series(np.zeros((1, 32, 32), np.int16), series_instance_uid=files.read(series[0]).SeriesInstanceUID)
+    small = files.ct_series(
+        np.zeros((1, 32, 32), np.int16), series_instance_uid=files.read(series[0]).SeriesInstanceUID
+    )
     small[0].ImagePositionPatient = [-100.0, -120.0, 500.0]
     return [*series, files.to_bytes(small[0])]
 
