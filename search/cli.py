@@ -168,13 +168,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from search.config import load_conventions, load_task_specs
+    from search.data import load_task
     from search.errors import ExportError
     from search.export import export_model, load_source, parse_task
     from search.gate import quality_gate
+    from search.quantize import Int8Plan
 
+    if args.int8 and not args.tasks:
+        raise ExportError(
+            "--int8 calibrates on the tasks' calibration slices and checks Dice on their held-out ones: give --tasks "
+            "FILE (e.g. the search configuration)"
+        )
     source = load_source(args.source, args.normalization)
     tasks = dict(parse_task(spec) for spec in args.task)
-    gate, scores = None, {}
+    gate, scores, int8 = None, {}, None
     if args.tasks:
         specs = load_task_specs(args.tasks)
         tasks = {spec.name: spec.preset for spec in specs}
@@ -194,6 +201,11 @@ def cmd_export(args: argparse.Namespace) -> None:
             console.print(f"warning: {verdict}; exported because of --force")
         gate["forced"] = args.force and not gate["passed"]
         scores = {t: {"split": gate["split"], "dice": d, "cases": gate["cases"][t]} for t, d in model["dice"].items()}
+        if args.int8:
+            loaded = {spec.name: load_task(spec) for spec in specs}
+            int8 = Int8Plan(
+                {n: t[0] for n, t in loaded.items()}, {n: t[1] for n, t in loaded.items()}, force=args.force
+            )
     elif source.recipe is not None and not args.force:
         raise ExportError(
             "exporting a merge checks that it beats its inputs on held-out cases: give --tasks FILE (e.g. the search "
@@ -210,10 +222,12 @@ def cmd_export(args: argparse.Namespace) -> None:
         gate=gate,
         report=Path(args.report) if args.report else source.report,
         fp16=args.fp16,
+        int8=int8,
         overwrite=args.overwrite,
         version=args.model_version,
     )
-    console.print(f"wrote {out} ({source.arch.name}, {'float16' if args.fp16 else 'float32'}, {source.normalization})")
+    precision = "int8" if args.int8 else "float16" if args.fp16 else "float32"
+    console.print(f"wrote {out} ({source.arch.name}, {precision}, {source.normalization})")
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
@@ -321,8 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--tasks", help="a YAML file with a 'tasks' list (e.g. the search config): score held-out cases, gate on them"
     )
-    export.add_argument("--force", action="store_true", help="export even if the merge does not beat its inputs")
+    export.add_argument(
+        "--force", action="store_true", help="export even if the merge does not beat its inputs (or int8 loses Dice)"
+    )
     export.add_argument("--fp16", action="store_true", help="float16 weights, for GPU serving")
+    export.add_argument(
+        "--int8", action="store_true", help="an int8 encoder for CPU serving, calibrated and Dice-gated on --tasks"
+    )
     export.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     export.set_defaults(run=cmd_export)
 

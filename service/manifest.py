@@ -31,7 +31,7 @@ METADATA_KEY = "medsamix"
 PINNED_FIELDS = ("architecture", "image_size", "embedding_shape", "precision", "preprocessing", "tasks")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-PRECISIONS = ("float32", "float16")
+PRECISIONS = ("float32", "float16", "int8")  # int8: the encoder's matrix products (search/quantize.py)
 # What every format-2 decoder takes (boxes, clicks, or both in one prompt); a manifest's `scored_prompts` lists
 # those its scores and quality gate were measured with.
 PROMPT_KINDS = ("box", "points")

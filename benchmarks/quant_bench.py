@@ -1,0 +1,153 @@
+"""float32 vs int8 image encoders on onnxruntime's CPU provider, in one run: latency, file size, the int8 error
+against float32, and the demo model's held-out Dice of both; then onnxruntime's CPU session settings for each.
+
+    python benchmarks/quant_bench.py --runs 3 --json benchmarks/results-quant-cpu.json
+
+Models: a random-weight ViT-B (`serve_bench.vit_b_store`, calibrated on the demo tasks' calibration slices at
+1024 px; its Dice means nothing) and the demo model (`models/demo`, int8 through `export_model`, gated on all of
+its tasks). Latency is one image per call (a held-out CT slice through `Geometry.prepare`), median of --runs after a
+warm-up, every session in this process, back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.serve_bench import vit_b_store  # noqa: E402
+from search.config import load_task_specs  # noqa: E402
+from search.data import load_task  # noqa: E402
+from search.export import export_model, load_source, relative_error  # noqa: E402
+from search.quantize import Int8Plan, model_inputs, quantize_encoder  # noqa: E402
+from service.manifest import ENCODER_FILE  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "models" / "demo"
+TASKS = ROOT / "tests" / "zoo" / "search-demo.yaml"
+LEVELS = {
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+# (name, intra-op threads (0: onnxruntime's default, one per core), optimisation level, execution mode); the first
+# is service/runtime.py's.
+SETTINGS = (
+    ("service (default threads, all, sequential)", 0, "all", "sequential"),
+    ("1 intra-op thread", 1, "all", "sequential"),
+    ("extended optimisation", 0, "extended", "sequential"),
+    ("basic optimisation", 0, "basic", "sequential"),
+    ("parallel execution", 0, "all", "parallel"),
+)
+
+
+def session(path: Path, threads: int = 0, level: str = "all", mode: str = "sequential") -> ort.InferenceSession:
+    """A CPU session as `service.runtime.create_session` opens one (arena off), with the given settings."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    options.execution_mode = MODES[mode]
+    options.intra_op_num_threads = threads
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def median_latency(encoder: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int) -> tuple[float, np.ndarray]:
+    """Median seconds of one call over `runs` after a warm-up, and the warm-up's embedding."""
+    (embedding,) = encoder.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        encoder.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), embedding
+
+
+def compare(name: str, float32: Path, int8: Path, feed: dict[str, np.ndarray], runs: int) -> dict[str, object]:
+    """Latency, size and the int8 error of one model's two encoders, service settings."""
+    f32_s, f32_out = median_latency(session(float32), feed, runs)
+    int8_s, int8_out = median_latency(session(int8), feed, runs)
+    row = {
+        "model": name,
+        "float32_s": f32_s,
+        "int8_s": int8_s,
+        "speedup": f32_s / int8_s,
+        "float32_mib": float32.stat().st_size / 2**20,
+        "int8_mib": int8.stat().st_size / 2**20,
+        "embedding_relative_error": relative_error(int8_out, f32_out),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def settings_table(name: str, paths: dict[str, Path], feed: dict[str, np.ndarray], runs: int) -> list[dict]:
+    """Median latency of each of `SETTINGS` for each precision's encoder of one model."""
+    rows = []
+    for label, threads, level, mode in SETTINGS:
+        for precision, path in paths.items():
+            seconds, _ = median_latency(session(path, threads, level, mode), feed, runs)
+            rows.append({"model": name, "precision": precision, "settings": label, "seconds": seconds})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--calibration", type=int, default=8, help="ViT-B calibration slices (each a 1024 px run)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    loaded = {spec.name: load_task(spec) for spec in load_task_specs(TASKS)}
+    calibration = {n: t[0] for n, t in loaded.items()}
+    held_out = {n: t[1] for n, t in loaded.items()}
+    probe = {"ct_liver": held_out["ct_liver"]}
+    result: dict[str, object] = {
+        "date": date.today().isoformat(),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor(), "onnxruntime": ort.__version__},
+        "runs": args.runs,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        start = time.perf_counter()
+        demo8 = export_model(
+            load_source(DEMO / "recipe.yaml"),
+            "demo8",
+            work / "models",
+            tasks=list(calibration),
+            int8=Int8Plan(calibration, held_out),
+        )
+        gate = json.loads((demo8 / "manifest.json").read_text())["quantization"]["gate"]
+        result["demo_export_s"] = time.perf_counter() - start
+        result["demo_gate"] = gate
+        demo_paths = {"float32": DEMO / ENCODER_FILE, "int8": demo8 / ENCODER_FILE}
+        demo_feed = next(model_inputs(probe, "sam", 128))
+        rows = [compare("demo (tiny, 128 px)", *demo_paths.values(), demo_feed, args.runs)]
+
+        vit_b = vit_b_store(work) / "demo" / ENCODER_FILE
+        vit_b8 = work / "vit_b_int8.onnx"
+        start = time.perf_counter()
+        quantize_encoder(vit_b, vit_b8, calibration, "sam", 1024, work, limit=args.calibration)
+        result["vit_b_quantize_s"] = time.perf_counter() - start
+        vit_feed = next(model_inputs(probe, "sam", 1024))
+        rows.append(compare("random ViT-B (1024 px)", vit_b, vit_b8, vit_feed, args.runs))
+        result["encoders"] = rows
+        result["settings"] = settings_table("random ViT-B", {"float32": vit_b, "int8": vit_b8}, vit_feed, args.runs)
+    print(f"demo held-out Dice: float32 {gate['float32']['mean']:.4f}, int8 {gate['int8']['mean']:.4f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

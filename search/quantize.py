@@ -1,0 +1,182 @@
+"""int8 image encoders for CPU serving: onnxruntime's static (QDQ) quantization, calibrated and gated on the model's
+own tasks.
+
+Calibration feeds the float32 `encoder.onnx` the calibration split's slices exactly as the service does
+(`Geometry.prepare`: (1, S, S, 3) uint8 and the resized (h, w)), so activation ranges are those of served images.
+Weights are int8 per output channel, activations uint8 (the u8s8 kernels of x86 CPUs, VNNI where present). Only the
+matrix products with a stored weight are quantized (`weight_products`: qkv, attention projection, MLP): the patch
+embedding (a Conv), the neck's convolutions, LayerNorm, Softmax, GELU and the attention products (q·kᵀ, ·v, the
+relative positions) stay float32. The decoder is not touched.
+
+The gate compares what is served: held-out Dice through onnxruntime of the int8 encoder against the float32 one,
+with the same float32 decoder and the service's own decode (`service.segmenter.Served.decode`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from search.evaluate import case_mean, dice
+from search.tasks import Task
+from service import imaging
+from service.cache import Embedding
+from service.manifest import DECODER_FILE, ENCODER_FILE
+from service.runtime import create_session
+from service.schemas import EncodeJob
+from service.segmenter import Served, encode_jobs
+from service.store import LoadedModel
+
+# The largest fall of the mean held-out Dice (float32 minus int8) an int8 export accepts; a gain always passes.
+TOLERANCE = 0.005
+QUANTIZED_OP_TYPES = ("MatMul",)
+CALIBRATION_SLICES = 32  # at most, spread evenly over the calibration split's slices of all tasks
+SPLIT = "test"
+
+
+@dataclass(frozen=True)
+class Int8Plan:
+    """What an int8 export needs: the tasks' calibration split (activation ranges) and held-out split (the gate;
+    none: ungated, which only `force` allows), and whether to publish a model that fails the gate."""
+
+    calibration: Mapping[str, Task]
+    held_out: Mapping[str, Task] = field(default_factory=dict)
+    tolerance: float = TOLERANCE
+    force: bool = False
+
+
+def model_inputs(tasks: Mapping[str, Task], geometry: str, size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every slice of `tasks` as the encoder's feed: (1, S, S, 3) uint8 `image` and (1, 2) int64 `resized_hw`."""
+    shape = imaging.get_geometry(geometry)
+    for task in tasks.values():
+        for piece in task.slices:
+            image, frame = shape.prepare(piece.image, size)
+            yield {"image": image[None], "resized_hw": np.array([frame.resized], np.int64)}
+
+
+def calibration_feeds(
+    tasks: Mapping[str, Task], geometry: str, size: int, limit: int = CALIBRATION_SLICES
+) -> list[dict[str, np.ndarray]]:
+    """At most `limit` encoder feeds, evenly spaced over all of `tasks`' slices (so every task is represented)."""
+    feeds = list(model_inputs(tasks, geometry, size))
+    if not feeds:
+        raise ValueError("the calibration split has no slices; expected at least one to calibrate on")
+    chosen = np.unique(np.linspace(0, len(feeds) - 1, min(limit, len(feeds))).round().astype(int))
+    return [feeds[i] for i in chosen]
+
+
+def weight_products(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The matrix products of `model` with a stored weight as B: the only nodes quantized. (onnxruntime's
+    `MatMulConstBOnly` takes any B with a weight upstream, which includes the attention products.)"""
+    weights = {tensor.name for tensor in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES and n.input[1] in weights]
+
+
+def activation_ranges(
+    model: onnx.ModelProto, products: Sequence[onnx.NodeProto], feeds: Sequence[dict[str, np.ndarray]], work: Path
+) -> TensorsData:
+    """MinMax ranges over `feeds` of the activations around `products` (inputs and outputs), from a copy of the
+    graph that outputs only those. onnxruntime's own calibrator outputs every MatMul's inputs and outputs, attention
+    products included: more than 20 GB for one 1024 px ViT-B slice (it was killed for memory)."""
+    read = sorted({name for n in products for name in (n.input[0], n.output[0])})
+    shapes = {info.name: info for info in model.graph.value_info}
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    augmented.graph.output.extend(shapes[name] for name in read)
+    path = work / ".ranges.onnx"
+    onnx.save(augmented, path)
+    session = create_session(path, ["CPUExecutionProvider"])
+    low = dict.fromkeys(read, np.inf)
+    high = dict.fromkeys(read, -np.inf)
+    for feed in feeds:
+        for name, value in zip(read, session.run(read, feed), strict=True):
+            low[name], high[name] = min(low[name], float(value.min())), max(high[name], float(value.max()))
+    path.unlink()
+    return TensorsData(CalibrationMethod.MinMax, {n: (np.float32(low[n]), np.float32(high[n])) for n in read})
+
+
+def quantize_encoder(
+    source: Path,
+    target: Path,
+    calibration: Mapping[str, Task],
+    geometry: str,
+    size: int,
+    work: Path,
+    limit: int = CALIBRATION_SLICES,
+) -> int:
+    """Write the int8 (QDQ) twin of the float32 encoder `source` as `target`, calibrated on at most `limit` of
+    `calibration`'s slices; `work` is a scratch folder (the shape-inferred graph, the ranges). Returns how many
+    slices it was calibrated on."""
+    prepared = work / f".prepared.{source.name}"
+    ranges = work / f".ranges.{source.name}.json"
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    model = onnx.load(prepared)
+    products = weight_products(model)
+    feeds = calibration_feeds(calibration, geometry, size, limit)
+    save_tensors_data(activation_ranges(model, products, feeds, work), ranges)
+    del model
+    quantize_static(
+        str(prepared),
+        str(target),
+        None,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+        nodes_to_quantize=[n.name for n in products],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        calibration_cache_path=ranges,
+    )
+    prepared.unlink()
+    ranges.unlink()
+    return len(feeds)
+
+
+def served_dice(encoder: Path, decoder: Path, geometry: str, size: int, tasks: Mapping[str, Task]) -> dict[str, float]:
+    """Task -> case-mean Dice of the ONNX graphs on onnxruntime's CPU provider, one box prompt at a time through
+    the service's decode; a slice's prediction is the union of its boxes' masks (as in `search.evaluate`)."""
+    cpu = ["CPUExecutionProvider"]
+    model = LoadedModel("gate", {}, "", create_session(encoder, cpu), create_session(decoder, cpu))
+    served = Served(model, imaging.get_geometry(geometry), size, (), {})
+    shape = served.geometry
+    result = {}
+    for name, task in tasks.items():
+        scores = np.empty(len(task.slices))
+        for i, piece in enumerate(task.slices):
+            image, frame = shape.prepare(piece.image, size)
+            (embedding,) = encode_jobs({"gate": served}, [EncodeJob(model="gate", image=image, resized=frame.resized)])
+            masks, _ = served.decode(Embedding(embedding, frame), [imaging.SparsePrompt(box) for box in piece.boxes])
+            scores[i] = dice(masks.any(axis=0), piece.mask)
+        result[name] = case_mean(task, scores)
+    return result
+
+
+def int8_gate(
+    folder: Path, int8_encoder: Path, geometry: str, size: int, held_out: Mapping[str, Task], tolerance: float
+) -> dict[str, Any]:
+    """The held-out Dice of the int8 encoder and of `folder`'s float32 one (same decoder), and whether the int8
+    mean falls by at most `tolerance`: what the manifest records as `quality_gate.int8`."""
+    decoder = folder / DECODER_FILE
+    runs = {
+        precision: served_dice(path, decoder, geometry, size, held_out)
+        for precision, path in (("float32", folder / ENCODER_FILE), ("int8", int8_encoder))
+    }
+    means = {precision: float(np.mean(list(values.values()))) for precision, values in runs.items()}
+    return {
+        "split": SPLIT,
+        "metric": "mean over tasks of the case-mean Dice, onnxruntime CPU, box prompts",
+        "tolerance": tolerance,
+        "float32": {"dice": runs["float32"], "mean": means["float32"]},
+        "int8": {"dice": runs["int8"], "mean": means["int8"]},
+        "difference": means["int8"] - means["float32"],
+        "passed": means["float32"] - means["int8"] <= tolerance,
+    }
