@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo"
 TASKS = ROOT / "tests" / "zoo" / "search-demo.yaml"
 LEVELS = {
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
@@ -49,7 +48,6 @@ SETTINGS = (
     ("service (default threads, all, sequential)", 0, "all", "sequential"),
     ("1 intra-op thread", 1, "all", "sequential"),
     ("extended optimisation", 0, "extended", "sequential"),
-    ("basic optimisation", 0, "basic", "sequential"),
     ("parallel execution", 0, "all", "parallel"),
 )
 
@@ -107,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--calibration", type=int, default=8, help="ViT-B calibration slices (each a 1024 px run)")
+    parser.add_argument("--vit-b-encoder", type=Path, help="a float32 ViT-B encoder.onnx to reuse (default: export)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     loaded = {spec.name: load_task(spec) for spec in load_task_specs(TASKS)}
@@ -135,7 +134,7 @@ def main() -> None:
         demo_feed = next(model_inputs(probe, "sam", 128))
         rows = [compare("demo (tiny, 128 px)", *demo_paths.values(), demo_feed, args.runs)]
 
-        vit_b = vit_b_store(work) / "demo" / ENCODER_FILE
+        vit_b = args.vit_b_encoder or vit_b_store(work) / "demo" / ENCODER_FILE
         vit_b8 = work / "vit_b_int8.onnx"
         start = time.perf_counter()
         quantize_encoder(vit_b, vit_b8, calibration, "sam", 1024, work, limit=args.calibration)
