@@ -21,7 +21,7 @@ from safetensors.torch import save_file as save_safetensors
 
 from search.architectures import ARCHITECTURES, SamArchitecture, identify, state_layout
 from search.errors import CheckpointError
-from search.io import atomic_write
+from search.io import atomic_write, require_file
 from service.manifest import sha256_file
 
 # Buffers that some files carry but that belong to the input convention, not to the weights.
@@ -149,9 +149,7 @@ def validate_state_dict(path: Path | str, state: Mapping[str, object]) -> SamArc
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read, unwrap and validate one SAM checkpoint file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    path = require_file(Path(path), "checkpoint", CheckpointError)
     container, raw = _read_raw(path)
     fmt, weights = ("safetensors", raw) if container == "safetensors" else _unwrap(path, raw)
     prefix, state, ignored = _strip_prefix(path, weights)

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search.data import DataSpec
 from search.errors import MedSAMixError, first_validation_error
-from search.io import yaml_mapping
+from search.io import require_file, yaml_mapping
 from search.merge import METHODS
 from search.space import COMPONENTS, SpaceSpec
 
@@ -171,18 +171,14 @@ def parse_search_config(text: str, source: str = "search config", folder: Path |
 
 
 def load_search_config(path: str | Path) -> SearchConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search config {path} does not exist")
+    path = require_file(Path(path), "search config", ConfigError)
     return parse_search_config(path.read_text(encoding="utf-8"), str(path), path.parent.resolve())
 
 
 def load_task_specs(path: str | Path) -> list[DataSpec]:
     """The `tasks:` list of a YAML file (a search configuration or a file holding only that list), validated, with
     paths made absolute against the file's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"task file {path} does not exist")
+    path = require_file(Path(path), "task file", ConfigError)
     data = yaml_mapping(path.read_text(encoding="utf-8"), str(path), "a 'tasks' list", ConfigError)
     if not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise ConfigError(f"{path} must hold a non-empty 'tasks' list of data specs")

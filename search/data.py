@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scipy import ndimage
 
 from search.errors import DataError, first_validation_error
+from search.io import require_file
 from search.tasks import Slice, Task
 from service.imaging import PRESETS, ImagingError, to_uint8
 
@@ -105,8 +106,7 @@ def _read_nifti(path: Path) -> np.ndarray:
     """The voxel array of a NIfTI file, scaled by its scl_slope/scl_inter, in the file's (i, j, k[, c]) order."""
     import nibabel as nib
 
-    if not path.is_file():
-        raise DataError(f"file {path} does not exist")
+    require_file(path, "file", DataError)
     try:
         return np.asanyarray(nib.load(path).dataobj)
     except Exception:  # nibabel raises many types (ImageFileError, EOFError, zlib errors) for a bad file
@@ -250,8 +250,7 @@ class NpzLoader(Loader):
 
     def read(self, case: str) -> list[Volume]:
         path = self.root / f"{case}.npz"
-        if not path.is_file():
-            raise DataError(f"file {path} does not exist")
+        require_file(path, "file", DataError)
         try:
             with np.load(path, allow_pickle=False) as data:
                 keys = set(data.files)

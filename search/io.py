@@ -16,10 +16,25 @@ import yaml
 from search.errors import MedSAMixError
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only set it, and setting
+    it even briefly races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(temp_path)` on a temporary file beside `path`, then rename it over `path`.
 
-    On any failure the temporary file is removed and `path` is left as it was.
+    The file gets the mode any tool would give it (0o666 less the umask), not mkstemp's 0o600. On any failure the
+    temporary file is removed and `path` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +43,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     temp_path = Path(temp)
     try:
         write(temp_path)
+        temp_path.chmod(0o666 & ~_umask())
         with open(temp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(temp_path, path)
@@ -35,6 +51,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         temp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def require_file(path: Path, what: str, error: type[MedSAMixError]) -> Path:
+    """`path` if it is a file; else `error` saying whether it is missing or a folder (e.g. "checkpoint X is a
+    folder, not a file"), so a user who gave a folder is not told that it does not exist."""
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder, not a file")
+    raise error(f"{what} {path} does not exist")
 
 
 def yaml_mapping(text: str, source: str, expected: str, error: type[MedSAMixError]) -> dict[str, Any]:
@@ -75,7 +101,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None], replace: b
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        temp.chmod(0o755)  # mkdtemp's 0o700 would hide the folder from a service running as another user
+        temp.chmod(0o777 & ~_umask())  # mkdtemp's 0o700 would hide the folder from a service running as another user
         write(temp)
         for file in temp.rglob("*"):
             if file.is_file():

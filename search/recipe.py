@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search.architectures import ARCHITECTURES, SamArchitecture, get_architecture
 from search.errors import MergeError, RecipeError, first_validation_error
 from search.groups import Granularity, LayerGroup, layer_groups
-from search.io import atomic_write, yaml_mapping
+from search.io import atomic_write, require_file, yaml_mapping
 from search.merge import MergeMethod, get_method
 
 
@@ -164,9 +164,7 @@ def parse_recipe(text: str, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist")
+    path = require_file(Path(path), "recipe", RecipeError)
     return parse_recipe(path.read_text(encoding="utf-8"), source=str(path))
 
 

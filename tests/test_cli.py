@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +107,23 @@ def test_methods_and_groups_listings() -> None:
         assert name in methods.stdout
     groups = medsamix("groups", "--arch", "vit_b", "--granularity", "2", "2", "2")
     assert "vit_b: 15 groups" in groups.stdout and "image_encoder.blocks.10-11" in groups.stdout
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_take_the_users_umask(tiny_inputs, tmp_path: Path, umask: int) -> None:
+    names = [f"{n}={tiny_inputs[n]}" for n in ("sam", "medsam")]
+    old = os.umask(umask)  # inherited by the command, as from a shell
+    try:
+        assert medsamix("recipe", *names, "-o", str(tmp_path / "r.yaml")).returncode == 0
+        assert medsamix("merge", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "m.pth")).returncode == 0
+    finally:
+        os.umask(old)
+    for name in ("r.yaml", "m.pth"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_a_folder_given_for_a_file_is_called_a_folder(tmp_path: Path) -> None:
+    result = medsamix("inspect", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: checkpoint {tmp_path} is a folder, not a file"
+    assert "does not exist" in medsamix("inspect", str(tmp_path / "none.pth")).stderr
