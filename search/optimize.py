@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,15 @@ class DaskPool:
             self.cluster.close()
 
 
+def _ask(smac) -> TrialInfo:
+    """SMAC's next trial, without the "Mean of empty slice" RuntimeWarning it raises on most asks: SMAC 2.4's
+    LocalSearch._search (smac/acquisition/maximizer/local_search.py) ends with a debug log of np.mean(times), its
+    timings of vectorised steps, computed even when no step was timed. It says nothing about the search."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+        return smac.ask()
+
+
 @dataclass
 class SearchResult:
     """What a finished search found: the picked configuration and, for several tasks, the Pareto front."""
@@ -179,19 +189,29 @@ class Search:
     # -------------------------------------------------------------------------------------------------------------
     # Set-up
     # -------------------------------------------------------------------------------------------------------------
-    def _claim_output(self) -> None:
-        """The output folder holds this search (resume), nothing (start), or another search (refuse)."""
+    def _resumes(self) -> bool:
+        """Whether the output folder holds this search (resume) or nothing (start); another search is refused.
+
+        Nothing is written or deleted here: that waits for `_claim_output`, once every input has loaded."""
         marker = self.out / "search.json"
+        if self.overwrite or not marker.exists():
+            return False
+        if json.loads(marker.read_text()).get("fingerprint") != self.config.fingerprint():
+            raise ConfigError(
+                f"{self.out} holds a different search (its configuration changed); choose another output "
+                "folder or pass --overwrite to start again there"
+            )
+        return True
+
+    def _claim_output(self) -> None:
+        """Mark the output folder as this search's, after its checkpoints, tasks and space proved valid: a
+        configuration refused on the way (a missing file, a bad task) leaves no marker that its fixed version
+        would then be refused by."""
+        if self._resumes():
+            return
         if self.overwrite and self.out.exists():
             shutil.rmtree(self.out)
-        if marker.exists():
-            recorded = json.loads(marker.read_text()).get("fingerprint")
-            if recorded != self.config.fingerprint():
-                raise ConfigError(
-                    f"{self.out} holds a different search (its configuration changed); choose another output "
-                    "folder or pass --overwrite to start again there"
-                )
-            return
+        marker = self.out / "search.json"
         self.out.mkdir(parents=True, exist_ok=True)
         record = {"fingerprint": self.config.fingerprint(), "config": self.config.model_dump(mode="json")}
         atomic_write(marker, lambda temp: temp.write_text(json.dumps(record, indent=2)))
@@ -249,11 +269,12 @@ class Search:
     # The loop
     # -------------------------------------------------------------------------------------------------------------
     def run(self) -> SearchResult:
-        self._claim_output()
+        self._resumes()
         runner = TrialRunner.shared(self.config)
         base, models = self._input_models(runner)
         space = SearchSpace(runner.engine.arch, base, models, self.config.space_spec(), self.config.seed)
         low, high = self._budgets(runner)
+        self._claim_output()
         smac, multi_fidelity = self._facade(space, low, high)
         recorded = self.journal.read()
         entries = self._replay(smac, recorded, multi_fidelity)
@@ -283,7 +304,7 @@ class Search:
                 while True:
                     while len(in_flight) < executor.capacity and asked < config.trials:
                         start = time.perf_counter()
-                        info = smac.ask()
+                        info = _ask(smac)
                         recipe = space.to_recipe(info.config)
                         budget = round(info.budget) if multi_fidelity else high
                         executor.submit(asked, recipe_yaml(recipe), budget)
@@ -322,7 +343,7 @@ class Search:
         pending = list(recorded)
         replayed: list[dict[str, Any]] = []
         while pending:
-            info = smac.ask()
+            info = _ask(smac)
             asked = _plain(info.config)
             budget = round(info.budget) if multi_fidelity else None
             match = next(

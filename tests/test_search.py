@@ -264,6 +264,7 @@ def test_evaluate_a_checkpoint_matches_the_zoo_premise_table(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
 
 
+@pytest.mark.filterwarnings("error:Mean of empty slice:RuntimeWarning")  # SMAC's, silenced where we ask
 def test_multi_task_search_passes_parego_and_uses_the_budget(tmp_path):
     path = write_config(
         tmp_path,
@@ -393,3 +394,20 @@ def test_the_demo_search_config_is_the_zoo_helpers_output():
     tasks = [t["name"] for t in committed["tasks"]]
     assert committed == search_config(Path("."), tasks, trials=150, output="../../runs/demo")
     assert load_search_config(ZOO / "search-demo.yaml").multi_task
+
+
+def test_a_search_refused_while_loading_leaves_nothing_and_its_fixed_configuration_runs(tmp_path):
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    settings = {"trials": 2, "initial_design": {"lambdas": [], "random": 0}}
+    path = write_config(tmp_path, ["ct_kidney"], **settings)
+    data = yaml.safe_load(path.read_text())
+    good = data["models"][0]["path"]
+    data["models"][0]["path"] = str(tmp_path / "notes.pth")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(Exception, match="notes.pth"):
+        Search(load_search_config(path), progress=False, report=False).run()
+    assert not (tmp_path / "run").exists()
+    data["models"][0]["path"] = good
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    Search(load_search_config(path), progress=False, report=False).run()
+    assert len(journal(tmp_path / "run")) == 2
