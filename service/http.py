@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, MutableMap
 from http import HTTPStatus
 from typing import Any
 
-from service import cancellation
+from service import __version__, cancellation
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -326,6 +326,7 @@ class DocumentedErrors(_Rewrite):
         return json.dumps(self.complete(json.loads(body))).encode()
 
     def complete(self, spec: dict[str, Any]) -> dict[str, Any]:
+        spec.setdefault("info", {})["version"] = __version__  # BentoML's is the Bento's tag: "None" when served
         components = spec.setdefault("components", {})
         components.setdefault("schemas", {})["Error"] = ERROR_SCHEMA
         reference = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}

@@ -35,6 +35,7 @@ from service.config import Settings
 from service.dicom import DicomImage, Limits, PixelBudget, Source, part10, read_dicom
 from service.dicomweb import Pacs
 from service.errors import RequestError
+from service.home import HomePage
 from service.http import DocumentedErrors, Guard, OneSentence, Readiness, Tokens
 from service.manifest import PROMPT_KINDS
 from service.masks import encode_rle
@@ -594,10 +595,15 @@ MedSAMix.add_asgi_middleware(Guard, token=SETTINGS.token, max_bytes=SETTINGS.max
 MedSAMix.add_asgi_middleware(OneSentence, fields=field_names(api.input_spec for api in MedSAMix.apis.values()))
 MedSAMix.add_asgi_middleware(DocumentedErrors, errors=ERRORS, bearer=SETTINGS.token is not None)
 MedSAMix.add_asgi_middleware(Readiness, report=lambda: _readiness(bentoml.get_current_service()))
+MedSAMix.add_asgi_middleware(HomePage, listing=lambda: _listing(bentoml.get_current_service()))
 
 
 def _readiness(service: MedSAMix | None) -> dict[str, Any] | None:
     return None if service is None else service.readiness()
+
+
+def _listing(service: MedSAMix | None) -> ModelList | None:
+    return None if service is None else service.model_list()
 
 
 def _volume_info(volume: Volume) -> VolumeInfo:

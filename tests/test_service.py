@@ -7,6 +7,7 @@ against the store's models run directly with onnxruntime.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import shutil
@@ -21,6 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 
+import service
 from service import imaging
 from service.dicom import read_dicom
 from service.local import LocalServer, serve
@@ -315,6 +317,25 @@ def test_openapi_describes_the_api(server: LocalServer) -> None:
     prompt = spec["components"]["schemas"]["Prompt"]
     assert set(prompt["properties"]) == {"box", "foreground", "background", "frame", "label", "task"}
     assert spec["paths"]["/models"]["get"]["responses"]["200"]
+    assert spec["info"]["version"] == importlib.metadata.version("medsamix") == service.__version__
+
+
+def test_the_home_page_is_ours_lists_the_models_and_loads_nothing_from_another_host(server: LocalServer) -> None:
+    assert httpx.get(server.url + "/", timeout=10).status_code == 401  # behind the token like every page
+    page = httpx.get(server.url + "/", headers=AUTH, timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "BentoML" not in html and "googletagmanager" not in html
+    assert f"MedSAMix {service.__version__}" in html
+    for name in ("demo (default)", "liver", "ct_liver", "/docs.json", "/segment/dicomweb", "MONAI Label"):
+        assert name in html
+    # Nothing that makes a browser fetch: no script or other embed, no stylesheet link, every link on this server.
+    assert not re.search(r"<(script|img|iframe|link|object|embed|source|video|audio)\b", html, re.IGNORECASE)
+    assert not re.search(r"@import|url\(", html)
+    links = re.findall(r"""(?:href|src|action)\s*=\s*["']?([^"'\s>]+)""", html, re.IGNORECASE)
+    assert links and all(link.startswith("/") and not link.startswith("//") for link in links), links
+    assert not re.search(r"[a-z]+://", html)  # no absolute URL at all, even as text
+    assert httpx.head(server.url + "/", headers=AUTH, timeout=10).status_code == 200
 
 
 def _bad_requests() -> list[tuple[str, Any, int, str]]:
