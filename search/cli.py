@@ -106,9 +106,13 @@ def cmd_groups(args: argparse.Namespace) -> None:
 
 
 def cmd_zoo(args: argparse.Namespace) -> None:
-    from search.zoo import ZooConfig, build_zoo
+    from search.zoo import ZooConfig, build_zoo, refit_iou_heads
 
     config = ZooConfig() if args.scale == 1.0 else ZooConfig().scaled(args.scale)
+    if args.iou_heads_only:
+        refit_iou_heads(args.output, config, wheel=args.nilearn_wheel, log=console.print)
+        console.print(f"fitted the IoU heads of the zoo in {args.output}; its masks and premise table are unchanged")
+        return
     record = build_zoo(args.output, config, wheel=args.nilearn_wheel, log=console.print)
     if record["premise"]["violations"]:
         raise MedSAMixError(f"the zoo in {args.output} does not show the premise: {record['premise']['violations'][0]}")
@@ -174,6 +178,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     from search.gate import quality_gate
     from search.quantize import Int8Plan
 
+    if args.tasks and args.task:
+        raise ExportError(
+            "--tasks FILE names the tasks the model serves (with their presets) and gates on them; --task names them "
+            "by hand: give one of the two"
+        )
     if args.int8 and not args.tasks:
         raise ExportError(
             "--int8 calibrates on the tasks' calibration slices and checks Dice on their held-out ones: give --tasks "
@@ -366,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("-o", "--output", default="tests/zoo", help="output folder (default: tests/zoo)")
     zoo.add_argument("--nilearn-wheel", default=None, help="read the MNI template from this nilearn wheel file")
     zoo.add_argument("--scale", type=float, default=1.0, help="scale every stage's steps (quick checks only)")
+    zoo.add_argument(
+        "--iou-heads-only", action="store_true", help="fit only the IoU heads of the zoo already in --output"
+    )
     zoo.set_defaults(run=cmd_zoo)
     return parser
 

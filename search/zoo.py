@@ -43,6 +43,8 @@ from scipy import ndimage
 from search.architectures import build_sam, get_architecture
 from search.errors import DataError
 from search.evaluate import decode_boxes
+from search.io import atomic_write
+from search.iou_head import HEAD_PREFIX, fit_head, head_inputs
 from service import imaging
 
 ARCH = "tiny"
@@ -97,6 +99,16 @@ class ZooConfig:
     # CT specialist on any CT task or on the mean over tasks (benchmarks/RESULTS.md, "Why the first zoo failed").
     ct: Stage = Stage("ct_specialist", 800, 2e-4, 8, 2, "sam", "sam", {"ct": 1.0})
     mr: Stage = Stage("mr_specialist", 800, 2e-4, 8, 3, "medsam", "medsam", {"mr": 1.0})
+    # The IoU heads, fitted once the masks are trained (`fit_iou_heads`): samples drawn from each model's own
+    # training mixture, full-batch Adam steps on the MSE to the real IoU.
+    iou_samples: int = 2048
+    iou_steps: int = 1500
+    iou_lr: float = 3e-3
+
+    @property
+    def first_training_seed(self) -> int:
+        """The training volumes' seeds start here, far from the written datasets' (data_seed * 1000 + case)."""
+        return 500 + self.data_seed * 1000
 
     def scaled(self, factor: float) -> ZooConfig:
         """The same zoo with every stage's steps scaled (for quick checks)."""
@@ -425,16 +437,28 @@ def write_nnunet(folder: Path, cases: Sequence[tuple[np.ndarray, np.ndarray]], c
     (folder / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def save_base(state, path: Path) -> None:
-    torch.save(state, path)
+# file -> (the key of the training file's dict that holds the state dict, or None for a plain one; its key prefix):
+# a plain SAM state dict, torch_em's {"model_state": {"sam." + key}}, MedSAM's training file {"model": {"module." +
+# key}}.
+LAYOUTS: dict[str, tuple[str | None, str]] = {
+    BASE_FILE: (None, ""),
+    CT_FILE: ("model_state", "sam."),
+    MR_FILE: ("model", "module."),
+}
 
 
-def save_torch_em(state, path: Path) -> None:
-    torch.save({"model_state": {"sam." + k: v for k, v in state.items()}, "epoch": 0}, path)
+def save_zoo_file(state: dict[str, torch.Tensor], path: Path) -> None:
+    """`state` written in the layout of the zoo file `path` names (`LAYOUTS`), atomically."""
+    wrapper, prefix = LAYOUTS[path.name]
+    stored = {prefix + k: v for k, v in state.items()}
+    atomic_write(path, lambda temp: torch.save(stored if wrapper is None else {wrapper: stored, "epoch": 0}, temp))
 
 
-def save_medsam_training(state, path: Path) -> None:
-    torch.save({"model": {"module." + k: v for k, v in state.items()}, "epoch": 0}, path)
+def read_zoo_file(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict a zoo file holds, every key as written (the loader's dropped buffers included)."""
+    wrapper, prefix = LAYOUTS[path.name]
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    return {k.removeprefix(prefix): v for k, v in (raw if wrapper is None else raw[wrapper]).items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -530,6 +554,63 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def training_pools(config: ZooConfig, t1: np.ndarray, mr_label: np.ndarray) -> dict[str, list]:
+    """The CT and MR training components (other seeds than the written datasets'), in memory."""
+    first_train = config.first_training_seed
+    ct_train = (ct_volume(first_train + i, config.ct_depth) for i in range(config.ct_train_cases))
+    mr_train = (mr_volume(t1, mr_label, first_train + i, config.mr_slices) for i in range(config.mr_train_cases))
+    return {
+        "ct": domain_pool(ct_train, "ct_abdomen", list(CT_LABELS.values())),
+        "mr": domain_pool(mr_train, "mr", list(MR_LABELS.values())),
+    }
+
+
+def fit_iou_heads(
+    out: Path, config: ZooConfig, pools: dict[str, list], log: Callable[[str], None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Fit the IoU head of each zoo file in `out` on its own training mixture and rewrite the file with nothing
+    else changed (`search.iou_head`). The base's head is fitted first; each specialist's starts from it, as a
+    fine-tune's would, so the heads' task vectors are what fine-tuning the head would make them. Returns a record
+    per model: the fit's MSE and Pearson r to the real IoU on its samples."""
+    torch.set_num_threads(THREADS)
+    stages = {"base": config.base, "ct_specialist": config.ct, "mr_specialist": config.mr}
+    records: dict[str, dict[str, Any]] = {}
+    base_head: dict[str, torch.Tensor] = {}
+    for name, (file, _, _) in MODELS.items():
+        stage = stages[name]
+        state = read_zoo_file(out / file)
+        model = build_sam(ARCH)
+        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        model.load_state_dict({**model.state_dict(), **base_head}, strict=True)
+        model.eval()
+        sampler = Sampler(pools, stage.mixture, stage.seed + 100)  # another stream than the stage's training
+        batches = (
+            make_batch([sampler.draw() for _ in range(32)], stage.normalization, stage.geometry)
+            for _ in range(config.iou_samples // 32)
+        )
+        features, iou = head_inputs(model, batches)
+        records[name] = fit_head(model, features, iou, config.iou_steps, config.iou_lr, stage.seed)
+        head = {k: v.detach().half() for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIX)}
+        base_head = base_head or {k: v.float() for k, v in head.items()}
+        save_zoo_file({**state, **head}, out / file)
+        if log:
+            log(f"{name}: IoU head fitted, MSE {records[name]['mse']:.4f}, Pearson r {records[name]['pearson']:.3f}")
+    return records
+
+
+def refit_iou_heads(out: str | Path, config: ZooConfig | None = None, wheel=None, log=print) -> dict[str, Any]:
+    """Fit the IoU heads of an existing zoo (trained before the heads were fitted) and record them in zoo.json;
+    the premise table is measured again and must not move (no mask changes)."""
+    config, out = config or ZooConfig(), Path(out)
+    record = json.loads((out / "zoo.json").read_text())
+    record["iou_heads"] = fit_iou_heads(out, config, training_pools(config, *mni_template(wheel)), log)
+    table = premise_table(out)
+    if table != record["premise"]["table"]:
+        raise DataError(f"fitting the IoU heads changed the premise table of {out}; it must not change any mask")
+    atomic_write(out / "zoo.json", lambda temp: temp.write_text(json.dumps(record, indent=2) + "\n"))
+    return record
+
+
 def build_zoo(
     out: str | Path, config: ZooConfig | None = None, wheel: str | Path | None = None, log=print
 ) -> dict[str, Any]:
@@ -546,24 +627,19 @@ def build_zoo(
     mr_eval = [mr_volume(t1, mr_label, seed * 1000 + i, config.mr_slices) for i in range(config.mr_cases)]
     write_nnunet(out / "datasets" / CT_DATASET, ct_eval, "CT", CT_LABELS)
     write_nnunet(out / "datasets" / MR_DATASET, mr_eval, "T1", MR_LABELS)
-    first_train = 500 + seed * 1000
-    ct_train = (ct_volume(first_train + i, config.ct_depth) for i in range(config.ct_train_cases))
-    mr_train = (mr_volume(t1, mr_label, first_train + i, config.mr_slices) for i in range(config.mr_train_cases))
-    pools = {
-        "ct": domain_pool(ct_train, "ct_abdomen", list(CT_LABELS.values())),
-        "mr": domain_pool(mr_train, "mr", list(MR_LABELS.values())),
-    }
+    pools = training_pools(config, t1, mr_label)
     data_seconds = time.perf_counter() - started
     log(f"data: {len(pools['ct'])} CT and {len(pools['mr'])} MR training components ({data_seconds:.0f} s)")
 
     base, base_record = train_stage(None, config.base, pools, log)
     base = as_float16(base)
-    save_base(base, out / BASE_FILE)
+    save_zoo_file(base, out / BASE_FILE)
     start_state = {k: v.float() for k, v in base.items()}
     ct, ct_record = train_stage(start_state, config.ct, pools, log)
-    save_torch_em(as_float16(ct), out / CT_FILE)
+    save_zoo_file(as_float16(ct), out / CT_FILE)
     mr, mr_record = train_stage(start_state, config.mr, pools, log)
-    save_medsam_training(as_float16(mr), out / MR_FILE)
+    save_zoo_file(as_float16(mr), out / MR_FILE)
+    heads = fit_iou_heads(out, config, pools, log)
     train_seconds = time.perf_counter() - started
 
     table = premise_table(out)
@@ -579,7 +655,11 @@ def build_zoo(
             "seed": seed,
             "ct_cases": config.ct_cases,
             "mr_cases": config.mr_cases,
-            "training_cases": {"ct": config.ct_train_cases, "mr": config.mr_train_cases, "seeds_from": first_train},
+            "training_cases": {
+                "ct": config.ct_train_cases,
+                "mr": config.mr_train_cases,
+                "seeds_from": config.first_training_seed,
+            },
             "training_components": {k: len(v) for k, v in pools.items()},
             "split_seed": SPLIT_SEED,
             "calibration_fraction": CALIBRATION_FRACTION,
@@ -603,6 +683,7 @@ def build_zoo(
                 **mr_record,
             },
         },
+        "iou_heads": heads,
         "dtype": "float16",
         "seconds": {
             "data": round(data_seconds, 1),
