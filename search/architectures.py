@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache, partial
-
-import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from typing import TYPE_CHECKING
 
 from search.errors import CheckpointError
 from service.imaging import PIXEL_MEAN, PIXEL_STD
+
+if TYPE_CHECKING:
+    import torch
+    from segment_anything.modeling import Sam
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,13 @@ def get_architecture(name: str) -> SamArchitecture:
 
 
 def build_sam(arch: SamArchitecture | str, device: torch.device | str = "cpu") -> Sam:
-    """A randomly initialised SAM of `arch` built from segment_anything's own modules, in eval mode."""
+    """A randomly initialised SAM of `arch` built from segment_anything's own modules, in eval mode.
+
+    torch and segment_anything load here, on the first model built, not with this module: the commands that only
+    read the architectures as data (a configuration's validation, `medsamix methods`) start without them."""
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
     arch = get_architecture(arch) if isinstance(arch, str) else arch
     grid = arch.embedding_size
     with torch.device(device):
