@@ -8,11 +8,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from search.config import load_search_config
 from search.optimize import Search
 from search.zoo import MODELS, task_specs
 from tests.test_search import ZOO, write_config
+
+pytestmark = pytest.mark.slow  # whole searches: the full suite runs them, the quick loop does not
 
 SINGLE_TASK = "ct_kidney"
 SINGLE_TRIALS = 40

@@ -55,6 +55,7 @@ def split(task_file: Path, task: str) -> tuple[Task, Task]:
     return load_task(spec)[:2]
 
 
+@pytest.mark.slow
 def test_an_int8_demo_passes_its_gate_with_the_float32_dice_recorded(int8_demo: Path) -> None:
     manifest = json.loads((int8_demo / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
@@ -80,6 +81,7 @@ def test_an_int8_demo_passes_its_gate_with_the_float32_dice_recorded(int8_demo: 
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in decoder.node)
 
 
+@pytest.mark.slow
 def test_int8_embeddings_are_within_tolerance_of_float32(int8_demo: Path, task_file: Path) -> None:
     tasks = {task: split(task_file, task)[1] for task in TASKS}
     float32 = create_session(DEMO / "encoder.onnx", ["CPUExecutionProvider"])
@@ -89,6 +91,7 @@ def test_int8_embeddings_are_within_tolerance_of_float32(int8_demo: Path, task_f
         assert relative_error(actual, expected) <= EMBEDDING_TOLERANCE
 
 
+@pytest.mark.slow
 def test_the_service_loads_and_decodes_an_int8_model(int8_demo: Path, task_file: Path) -> None:
     store = ModelStore(int8_demo.parent, default="demo8")
     served = Served.of(store.load("demo8"))  # hashes and the encoder's pinned metadata checked
@@ -101,6 +104,7 @@ def test_the_service_loads_and_decodes_an_int8_model(int8_demo: Path, task_file:
     assert 2 * overlap / (masks[0].sum() + piece.mask.sum()) > 0.5
 
 
+@pytest.mark.slow
 def test_an_int8_encoder_outside_the_tolerance_is_refused_and_nothing_written(tmp_path: Path, task_file: Path) -> None:
     calibration, test = split(task_file, "ct_spleen")
     plan = Int8Plan({"ct_spleen": calibration}, {"ct_spleen": test}, tolerance=-1.0)  # it would have to gain 1.0

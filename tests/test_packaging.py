@@ -306,3 +306,10 @@ def test_bento_metadata(bento):
     lines = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
     names = {canonicalize_name(Requirement(r).name) for r in map(str.strip, lines) if r and r[0] not in "-#"}
     assert "onnxruntime" in names and not names & (FORBIDDEN - {"onnxruntime"})
+
+
+def test_the_readme_test_command_is_what_ci_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Set up and test") :]
+    command = section[section.index("```bash\n") + 8 :].splitlines()[0]
+    assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == command

@@ -224,6 +224,7 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
 
 
+@pytest.mark.slow
 def test_single_task_search_writes_recipe_report_and_smac_files(tmp_path):
     path = write_config(tmp_path, ["mr_white_matter"], trials=14, initial_design={"lambdas": [0.5], "random": 4})
     done = run_cli("search", str(path))
@@ -265,6 +266,7 @@ def test_evaluate_a_checkpoint_matches_the_zoo_premise_table(tmp_path):
 
 
 @pytest.mark.filterwarnings("error:Mean of empty slice:RuntimeWarning")  # SMAC's, silenced where we ask
+@pytest.mark.slow
 def test_multi_task_search_passes_parego_and_uses_the_budget(tmp_path):
     path = write_config(
         tmp_path,
@@ -297,6 +299,7 @@ def test_multi_task_search_passes_parego_and_uses_the_budget(tmp_path):
     assert (run / "report" / "front.png").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_and_rerun_continues_exactly_like_an_uninterrupted_run(tmp_path):
     settings = {"trials": 22, "initial_design": {"lambdas": [0.5], "random": 2}}
     whole = write_config(tmp_path / "whole", ["mr_grey_matter"], **settings)
@@ -327,6 +330,7 @@ def test_kill_9_and_rerun_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert refused.returncode == 2 and "holds a different search" in refused.stderr
 
 
+@pytest.mark.slow
 def test_two_dask_workers_keep_their_inputs_resident(tmp_path):
     path = write_config(tmp_path, ["ct_kidney"], trials=10, initial_design={"lambdas": [0.5], "random": 1})
     done = run_cli("search", str(path), "--workers", "2", "--no-report")
@@ -346,6 +350,7 @@ def test_two_dask_workers_keep_their_inputs_resident(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_a_crashing_trial_is_recorded_as_crashed_and_repeated_crashes_stop_the_search(tmp_path, monkeypatch):
     path = write_config(tmp_path, ["ct_kidney"], trials=8, initial_design={"lambdas": [0.5], "random": 0})
     config = load_search_config(path)
@@ -373,6 +378,7 @@ def test_a_crashing_trial_is_recorded_as_crashed_and_repeated_crashes_stop_the_s
         Search(config.model_copy(update={"output": tmp_path / "broken"}), progress=False, report=False).run()
 
 
+@pytest.mark.slow
 def test_an_existing_dask_scheduler_runs_the_trials(tmp_path):
     from distributed import LocalCluster
 
