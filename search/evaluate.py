@@ -10,8 +10,9 @@ a single image's embedding for every prompt, so a per-slice call is launch-bound
 Dice conventions: a slice's prediction is the union of its boxes' masks; Dice = 2|P ∩ G| / (|P| + |G|) on the
 image's own pixel grid; a slice with an empty ground truth has no Dice (NaN; loaders keep only foreground slices).
 `case_mean` averages per case first, then over cases, so a case with many slices does not dominate.
-Attention runs fused (`search/attention.py`: SDPA with the relative position as an additive bias). Precision: fp32
-on CPU; on a GPU bf16 autocast and a torch.compile'd encoder by default (not yet measured on a GPU).
+Attention runs fused (`search/attention.py`): on CPU SDPA with the relative position as an additive bias; on a GPU the
+Triton kernel that adds it inside the kernel (SDPA where triton is missing). Precision: fp32 on CPU; on a GPU bf16
+autocast and a torch.compile'd encoder by default (not yet measured on a GPU).
 """
 
 from __future__ import annotations
