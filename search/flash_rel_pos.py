@@ -4,7 +4,8 @@ SDPA needs the relative position as an (HW × HW) bias: at batch 32 that is 12.9
 ViT-B (4096 tokens, 12 heads, bf16). The bias is a sum of two thin terms (`add_decomposed_rel_pos`): rel_h[q, row]
 over key rows and rel_w[q, col] over key columns, (HW × H) and (HW × W). This kernel takes those terms and, per key
 block of the online softmax, gathers rel_h[q, key // W] + rel_w[q, key % W] from them, so the bias never exists in
-memory; the query tile's slices of both terms (BLOCK_M × H and BLOCK_M × W) stay in cache across the key loop.
+memory; each program re-reads only its query tile's slices of the two terms (BLOCK_M × H and BLOCK_M × W), small
+enough to be served from cache across the key loop (by design; not yet measured on a GPU).
 
 Precision: inputs of any float dtype (bf16 on a GPU), fp32 scores, softmax statistics and accumulator; fp32 inputs
 use IEEE products (no TF32). Any sequence length and head dimension: blocks are padded and masked. Importing this
@@ -178,7 +179,7 @@ def rel_pos_attention(
             f"{k.shape}, {v.shape} in {q.dtype}, {k.dtype}, {v.dtype}"
         )
     rows, cols = rel_h.shape[-1], rel_w.shape[-1]
-    expected = (*q.shape[:3],)
+    expected = q.shape[:3]
     if rel_h.shape[:3] != expected or rel_w.shape[:3] != expected or rows * cols != q.shape[2]:
         raise ValueError(
             f"expected rel_h (B, heads, HW, H) and rel_w (B, heads, HW, W) with H·W = {q.shape[2]} "
