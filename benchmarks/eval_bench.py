@@ -1,5 +1,6 @@
-"""Evaluator speed: encoder images/s (stock vs fused attention), decoder boxes/s (per-slice stock calls vs one
-batched call across slices), and whole-evaluator slices/s on the tiny model. Random weights; median of --runs.
+"""Evaluator speed: encoder images/s (stock attention, SDPA, Triton; eager and compiled), decoder boxes/s (per-slice
+stock calls vs one batched call across slices), whole-evaluator slices/s on the tiny model. Random weights; median
+of --runs.
 
     python benchmarks/eval_bench.py --device cpu --runs 3 --json eval-cpu.json
 
@@ -10,6 +11,7 @@ H200's measured bf16 matmul rate (about 790 TFLOP/s); a CPU has no such publishe
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -48,22 +50,52 @@ VIT_B_GFLOP_PER_IMAGE = 972.0
 H200_BF16_TFLOPS = 790.0
 
 
+# Encoder variants: stock attention, then each fused kernel of `search/attention.py`, eager and torch.compile'd.
+ENCODER_VARIANTS = ("stock", "sdpa", "sdpa_compiled", "triton", "triton_compiled")
+
+
+def encoder_variants(device: str) -> tuple[str, ...]:
+    """The variants measured on `device`: compiled and Triton ones on CUDA only (on a CPU compiling a ViT-B costs
+    more than the whole benchmark, and Triton runs there only interpreted), Triton ones only where it is installed."""
+    if device != "cuda":
+        return ("stock", "sdpa")
+    triton = importlib.util.find_spec("triton") is not None
+    return tuple(v for v in ENCODER_VARIANTS if triton or not v.startswith("triton"))
+
+
 def encoder_rate(arch_name: str, device: str, batch: int, runs: int, dtype: torch.dtype) -> dict[str, float]:
+    """images/s per variant; on CUDA also peak memory per variant and the Triton encoder's largest deviation from
+    the SDPA encoder on the same images (the kernel's bf16 check on real hardware)."""
     arch = get_architecture(arch_name)
     evaluator = Evaluator(arch, device=device, fused_attention=False, dtype=dtype)
     encoder = evaluator.model.image_encoder
     images = torch.randn(batch, 3, arch.image_size, arch.image_size, device=device)
     autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
+    rates: dict[str, float] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    for variant in encoder_variants(device):
+        kernel, _, compiled = variant.partition("_")
+        if kernel != "stock":
+            use_fused_attention(encoder, kernel=kernel)
+        torch._dynamo.reset()
+        run_encoder = torch.compile(encoder, dynamic=False) if compiled else encoder
 
-    def run() -> None:
-        with torch.no_grad(), autocast:
-            encoder(images)
+        def run(run_encoder=run_encoder) -> torch.Tensor:
+            with torch.no_grad(), autocast:
+                return run_encoder(images)
 
-    rates = {"stock_images_per_s": batch / median_time(run, device, runs)}
-    use_fused_attention(encoder)
-    rates["fused_images_per_s"] = batch / median_time(run, device, runs)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        rates[f"{variant}_images_per_s"] = batch / median_time(run, device, runs)
+        if device == "cuda":
+            rates[f"{variant}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if not compiled and kernel != "stock":
+            outputs[kernel] = run().float()
+    if "triton" in outputs:
+        rates["triton_vs_sdpa_max_abs_error"] = (outputs["triton"] - outputs["sdpa"]).abs().max().item()
+        rates["sdpa_output_max_abs"] = outputs["sdpa"].abs().max().item()
     if arch_name == "vit_b":
-        for variant in ("stock", "fused"):
+        for variant in encoder_variants(device):
             gflops = rates[f"{variant}_images_per_s"] * VIT_B_GFLOP_PER_IMAGE
             rates[f"{variant}_gflop_per_s"] = gflops
             if device == "cuda":

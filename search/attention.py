@@ -1,51 +1,108 @@
-"""SAM's image-encoder attention through `scaled_dot_product_attention`, the relative position as an additive bias.
+"""SAM's image-encoder attention through fused kernels: a forward swap on the built model.
 
-The stock `Attention.forward` materialises softmax((q·scale)kᵀ + rel) and multiplies by v in separate kernels.
-Here the decomposed relative-position terms (rel_h for rows, rel_w for columns, as `add_decomposed_rel_pos`
-computes them) are summed into one (HW × HW) bias and handed to PyTorch's fused attention, which picks a fused
-kernel where one exists (memory-efficient attention on GPU; on CPU a fused math kernel). Same parameters, same
-outputs to floating-point tolerance (tested against the stock module); it is a forward swap on the built model, so
-checkpoints and key names are untouched.
+The stock `Attention.forward` materialises softmax((q·scale)kᵀ + rel) and multiplies by v in separate kernels. Two
+fused replacements, the same parameters and outputs to floating-point tolerance (tested against the stock module), so
+checkpoints and key names are untouched:
+
+- `sdpa`: the decomposed relative-position terms (rel_h for rows, rel_w for columns, as `add_decomposed_rel_pos`
+  computes them) are summed into one (HW × HW) bias and handed to PyTorch's fused attention (memory-efficient
+  attention on GPU; on CPU a fused math kernel).
+- `triton`: `search/flash_rel_pos.py`, flash attention that adds the two terms inside the kernel, so the (HW × HW)
+  bias never exists (12.9 GB per global-attention block of ViT-B at batch 32).
+
+`auto` is `triton` for an encoder on a CUDA device when triton is importable, `sdpa` everywhere else.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import types
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 
+# (attention, q, k, v, (H, W)) -> output; q, k, v and the output (B, heads, HW, head_dim).
+RelPosAttention = Callable[[Attention, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
+
+
+def _relative_position_terms(
+    attention: Attention, q: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`add_decomposed_rel_pos`'s rel_h (..., H, W, H) and rel_w (..., H, W, W) of q (..., HW, head_dim): the term of
+    query (i, j) for key row k and for key column l."""
+    h, w = size
+    rh = get_rel_pos(h, h, attention.rel_pos_h).to(q.dtype)
+    rw = get_rel_pos(w, w, attention.rel_pos_w).to(q.dtype)
+    rows = q.reshape(*q.shape[:-2], h, w, q.shape[-1])
+    return torch.einsum("...hwc,hkc->...hwk", rows, rh), torch.einsum("...hwc,wkc->...hwk", rows, rw)
+
 
 def _relative_position_bias(attention: Attention, q: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B·heads, HW, HW) bias: rel_h[b, i, j, k] + rel_w[b, i, j, l] for query (i, j) and key (k, l)."""
     h, w = size
-    rh = get_rel_pos(h, h, attention.rel_pos_h).to(q.dtype)
-    rw = get_rel_pos(w, w, attention.rel_pos_w).to(q.dtype)
-    rows = q.reshape(q.shape[0], h, w, -1)
-    rel_h = torch.einsum("bhwc,hkc->bhwk", rows, rh)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", rows, rw)
+    rel_h, rel_w = _relative_position_terms(attention, q, size)
     return (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(q.shape[0], h * w, h * w)
 
 
-def _sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
-    """`Attention.forward` with fused attention. x: (B, H, W, C) -> (B, H, W, C)."""
-    b, h, w, _ = x.shape
-    qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # (B, heads, HW, head_dim)
-    bias = None
-    if self.use_rel_pos:
-        flat_q = q.reshape(b * self.num_heads, h * w, -1)
-        bias = _relative_position_bias(self, flat_q, (h, w)).view(b, self.num_heads, h * w, h * w)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-    return self.proj(out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
+def _sdpa_attention(
+    attention: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    b, heads, tokens, _ = q.shape
+    bias = _relative_position_bias(attention, q.reshape(b * heads, tokens, -1), size).view(b, heads, tokens, tokens)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attention.scale)
 
 
-def use_fused_attention(encoder: torch.nn.Module) -> int:
-    """Swap every image-encoder `Attention` of `encoder` to the fused forward; returns how many were swapped."""
+def _triton_attention(
+    attention: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    from search.flash_rel_pos import rel_pos_attention  # imports triton: only where this kernel is chosen
+
+    rel_h, rel_w = _relative_position_terms(attention, q, size)
+    return rel_pos_attention(q, k, v, rel_h.flatten(2, 3), rel_w.flatten(2, 3), attention.scale)
+
+
+KERNELS: dict[str, RelPosAttention] = {"sdpa": _sdpa_attention, "triton": _triton_attention}
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """The kernel `kernel` names on `device` ("auto": triton on CUDA when importable, else sdpa); an unknown name
+    fails listing the valid ones."""
+    if kernel == "auto":
+        return "triton" if device.type == "cuda" and importlib.util.find_spec("triton") is not None else "sdpa"
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel '{kernel}': expected one of auto, {', '.join(KERNELS)}")
+    return kernel
+
+
+def _fused_forward(attend: RelPosAttention) -> Callable[[Attention, torch.Tensor], torch.Tensor]:
+    """`Attention.forward` with `attend` for the attention itself (a closure, not a partial: torch.compile traces a
+    bound function but not a bound partial)."""
+
+    def forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        b, h, w, _ = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, heads, HW, head_dim)
+        if self.use_rel_pos:
+            out = attend(self, q, k, v, (h, w))
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
+
+    return forward
+
+
+def use_fused_attention(encoder: torch.nn.Module, kernel: str = "auto") -> int:
+    """Swap every image-encoder `Attention` of `encoder` to the fused forward of `kernel` (resolved for the device
+    the encoder's parameters are on now); returns how many were swapped."""
+    parameter = next(encoder.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    forward = _fused_forward(KERNELS[resolve_kernel(kernel, device)])
     swapped = 0
     for module in encoder.modules():
         if isinstance(module, Attention):
-            module.forward = types.MethodType(_sdpa_forward, module)
+            module.forward = types.MethodType(forward, module)
             swapped += 1
     return swapped

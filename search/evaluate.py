@@ -1,17 +1,21 @@
 """The evaluator: Dice of every slice of a task for given weights, on one resident SAM.
 
 Every search trial calls this, so it is built for repetition: the model is built once and weights are copied into it
-(no rebuild); each task's encoder inputs are prepared once per preprocessing mode with `service.imaging` (the same
-code the service serves with) and cached; the encoder runs in batches, one pass per slice serving all of that slice's
-boxes; the mask decoder runs once per batch of slices for all their boxes together. The stock `MaskDecoder` repeats
-a single image's embedding for every prompt, so a per-slice call is launch-bound on a GPU (~4 ms whether it holds
-1 box or 16); `decode_boxes` is its `predict_masks` with one image embedding per prompt instead.
+(no rebuild); each task's model inputs are prepared once per preprocessing mode with `service.imaging` (the same
+code the service serves with) and kept on the device as uint8 (3 MB per 1024² slice, not 12 MB of float32),
+normalised per encoder batch there; the encoder runs in batches, one pass per slice serving all of that slice's
+boxes; the mask decoder runs once per batch of slices for all their boxes together; masks and Dice are computed on
+the device too (`search/device_imaging.py`, equal to `service.imaging`'s numpy path), one copy to the host per
+call. The stock `MaskDecoder` repeats a single image's embedding for every prompt, so a per-slice call is
+launch-bound on a GPU (~4 ms whether it holds 1 box or 16); `decode_boxes` is its `predict_masks` with one image
+embedding per prompt instead.
 
 Dice conventions: a slice's prediction is the union of its boxes' masks; Dice = 2|P ∩ G| / (|P| + |G|) on the
 image's own pixel grid; a slice with an empty ground truth has no Dice (NaN; loaders keep only foreground slices).
 `case_mean` averages per case first, then over cases, so a case with many slices does not dominate.
-Attention runs fused (`search/attention.py`: SDPA with the relative position as an additive bias). Precision: fp32
-on CPU; on a GPU bf16 autocast and a torch.compile'd encoder by default (not yet measured on a GPU).
+Attention runs fused (`search/attention.py`): on CPU SDPA with the relative position as an additive bias; on a GPU the
+Triton kernel that adds it inside the kernel (SDPA where triton is missing). Precision: fp32 on CPU; on a GPU bf16
+autocast and a torch.compile'd encoder by default (not yet measured on a GPU).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from segment_anything.modeling import MaskDecoder, Sam
 
 from search.architectures import SamArchitecture, build_sam
 from search.attention import use_fused_attention
+from search.device_imaging import MaskScorer, encoder_inputs
 from search.merge.engine import default_device
 from search.tasks import Task
 from search.timing import Stopwatch
@@ -39,10 +44,11 @@ SCORED_PROMPTS = ("box",)
 class PreparedSlices:
     """A task's slices in one preprocessing mode: everything a trial needs that does not depend on the weights."""
 
-    inputs: torch.Tensor  # (N, 3, S, S) float32 encoder inputs, normalised and padded
+    images: torch.Tensor  # (N, S, S, 3) uint8 model inputs on the device, normalised per encoder batch there
+    normalization: str
     frames: tuple[imaging.Frame, ...]
     boxes: tuple[torch.Tensor, ...]  # per slice (n_i, 4) float32 XYXY in model coordinates
-    masks: tuple[np.ndarray, ...]  # per slice HxW bool ground truth
+    masks: tuple[torch.Tensor, ...]  # per slice HxW bool ground truth, on the device
 
 
 def decode_boxes(
@@ -124,6 +130,7 @@ class Evaluator:
         self.encoder_batch = encoder_batch
         self.stopwatch = Stopwatch(self.device)
         self._prepared: dict[tuple[str, str, str], tuple[Task, PreparedSlices]] = {}
+        self._scorers: dict[str, MaskScorer] = {}
 
     @torch.no_grad()
     def load(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -142,17 +149,19 @@ class Evaluator:
             return cached[1]
         shape = imaging.get_geometry(geometry)
         size = self.arch.image_size
-        inputs, frames, boxes = [], [], []
+        imaging.get_normalization(normalization)  # an unknown name fails here, listing the known ones
+        images, frames, boxes = [], [], []
         for piece in task.slices:
             model_input, frame = shape.prepare(piece.image, size)
-            inputs.append(imaging.encoder_input(model_input, frame, normalization))
+            images.append(model_input)
             frames.append(frame)
             boxes.append(torch.as_tensor(shape.box_to_model(piece.boxes, frame), dtype=torch.float32))
         prepared = PreparedSlices(
-            inputs=torch.from_numpy(np.stack(inputs)).to(self.device),
+            images=torch.from_numpy(np.stack(images)).to(self.device),
+            normalization=normalization,
             frames=tuple(frames),
             boxes=tuple(b.to(self.device) for b in boxes),
-            masks=tuple(piece.mask for piece in task.slices),
+            masks=tuple(torch.from_numpy(piece.mask).to(self.device) for piece in task.slices),
         )
         self._prepared[key] = (task, prepared)
         return prepared
@@ -163,7 +172,8 @@ class Evaluator:
         model = self.model
         autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
         with autocast, self.stopwatch("encoder"):
-            embeddings = self.encoder(prepared.inputs[start:stop])
+            resized = [frame.resized for frame in prepared.frames[start:stop]]
+            embeddings = self.encoder(encoder_inputs(prepared.images[start:stop], resized, prepared.normalization))
         counts = [prepared.boxes[i].shape[0] for i in range(start, stop)]
         owner = torch.repeat_interleave(
             torch.arange(stop - start, device=self.device), torch.tensor(counts, device=self.device)
@@ -188,13 +198,13 @@ class Evaluator:
         count = len(task.budget(budget))
         geometry = geometry or normalization
         prepared = self.prepare(task, normalization, geometry)
-        shape = imaging.get_geometry(geometry)
-        scores = np.empty(count)
+        if geometry not in self._scorers:
+            self._scorers[geometry] = MaskScorer(geometry, self.arch.image_size, self.device)
+        scorer = self._scorers[geometry]
+        scores: list[torch.Tensor] = []
         for start in range(0, count, self.encoder_batch):
             stop = min(start + self.encoder_batch, count)
-            for offset, logits in enumerate(self.predict(prepared, start, stop)):
-                i = start + offset
-                with self.stopwatch("masks"):
-                    masks = shape.mask_to_image(logits.cpu().numpy(), prepared.frames[i], self.arch.image_size)
-                    scores[i] = dice(masks.any(axis=0), prepared.masks[i])
-        return scores
+            logits = self.predict(prepared, start, stop)
+            with self.stopwatch("masks"):
+                scores += [scorer.dice(lr, prepared.frames[i], prepared.masks[i]) for i, lr in enumerate(logits, start)]
+        return torch.stack(scores).cpu().numpy() if scores else np.empty(0)  # the one copy to the host

@@ -433,9 +433,19 @@ class Geometry(ABC):
             )
         return self._mask_scores(logits, frame, size)
 
-    @abstractmethod
     def _mask_scores(self, logits: np.ndarray, frame: Frame, size: int) -> np.ndarray:
         """Checked float32 (..., h_lr, w_lr) logits -> (..., h, w) float32 scores."""
+        rows, cols = self.mask_matrices(logits.shape[-2:], frame, size)
+        return _apply_separable(self.pointwise(logits), rows, cols)
+
+    def pointwise(self, logits: np.ndarray) -> np.ndarray:
+        """float32 logits -> float32 values that the upsampling interpolates (the logits themselves by default)."""
+        return logits
+
+    @abstractmethod
+    def mask_matrices(self, low_res: tuple[int, int], frame: Frame, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """float64 (h, h_lr) and (w, w_lr) matrices taking `pointwise(logits)` (..., h_lr, w_lr) to image-frame
+        scores as rows @ x @ cols.T: what a device-side twin of `mask_scores` multiplies by."""
 
     def mask_to_image(self, low_res_logits: np.ndarray, frame: Frame, size: int) -> np.ndarray:
         """(N, h_lr, w_lr) float32 mask logits from the decoder (any leading dims) -> (N, h, w) bool masks in
@@ -464,12 +474,12 @@ class SamGeometry(Geometry):
             )
         return Frame(original=(h, w), resized=(new_h, new_w))
 
-    def _mask_scores(self, logits: np.ndarray, frame: Frame, size: int) -> np.ndarray:
+    def mask_matrices(self, low_res: tuple[int, int], frame: Frame, size: int) -> tuple[np.ndarray, np.ndarray]:
         (h, w), (rh, rw) = frame.original, frame.resized
-        h_lr, w_lr = logits.shape[-2:]
+        h_lr, w_lr = low_res
         rows = _interpolation_matrix(rh, h) @ _interpolation_matrix(h_lr, size)[:rh]
         cols = _interpolation_matrix(rw, w) @ _interpolation_matrix(w_lr, size)[:rw]
-        return _apply_separable(logits, rows, cols)
+        return rows, cols
 
 
 class MedSamGeometry(Geometry):
@@ -486,12 +496,13 @@ class MedSamGeometry(Geometry):
         (h, w), size = _check_shape(h, w), _check_size(size)
         return Frame(original=(h, w), resized=(size, size))
 
-    def _mask_scores(self, logits: np.ndarray, frame: Frame, size: int) -> np.ndarray:
-        h, w = frame.original
-        h_lr, w_lr = logits.shape[-2:]
+    def pointwise(self, logits: np.ndarray) -> np.ndarray:
         # 0.5 * (1 + tanh(x / 2)) is the logistic function without exp overflow for very negative logits.
-        probabilities = (0.5 * (1.0 + np.tanh(logits.astype(np.float64) / 2.0))).astype(np.float32)
-        return _apply_separable(probabilities, _interpolation_matrix(h_lr, h), _interpolation_matrix(w_lr, w))
+        return (0.5 * (1.0 + np.tanh(logits.astype(np.float64) / 2.0))).astype(np.float32)
+
+    def mask_matrices(self, low_res: tuple[int, int], frame: Frame, size: int) -> tuple[np.ndarray, np.ndarray]:
+        (h, w), (h_lr, w_lr) = frame.original, low_res
+        return _interpolation_matrix(h_lr, h), _interpolation_matrix(w_lr, w)
 
 
 GEOMETRIES: dict[str, Geometry] = {g.name: g for g in (SamGeometry(), MedSamGeometry())}

@@ -20,10 +20,11 @@ def tiny_state(seed: int) -> StateDict:
     return {k: v.clone() for k, v in build_sam("tiny").state_dict().items()}
 
 
-def fine_tune_of(base: StateDict, seed: int, scale: float = 0.02) -> StateDict:
-    """A stand-in fine-tune: base weights plus a seeded perturbation (buffers untouched, as in real fine-tunes)."""
+def fine_tune_of(base: StateDict, seed: int, scale: float = 0.02, arch: str = "tiny") -> StateDict:
+    """A stand-in fine-tune of an `arch` base: its weights plus a seeded perturbation (buffers untouched, as in real
+    fine-tunes)."""
     generator = torch.Generator().manual_seed(seed)
-    learned = dict(build_sam("tiny", device="meta").named_parameters())
+    learned = dict(build_sam(arch, device="meta").named_parameters())
     return {
         k: v + scale * torch.randn(v.shape, generator=generator) if k in learned else v.clone() for k, v in base.items()
     }

@@ -136,3 +136,23 @@ def test_compiled_encoder_gives_the_same_dice(task: Task, state) -> None:
     for evaluator in (plain, traced):
         evaluator.load(state)
     np.testing.assert_allclose(traced.dice(task, "sam"), plain.dice(task, "sam"), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["sam", "medsam"])
+def test_device_dice_equals_the_numpy_mask_path(task: Task, state, mode: str) -> None:
+    """Masks and Dice on the device against `service.imaging`'s numpy masks and `dice` of the same logits; the
+    prepared inputs stay uint8 (normalised per batch on the device)."""
+    from service.imaging import get_geometry
+
+    evaluator = Evaluator(ARCHITECTURES["tiny"], device="cpu", encoder_batch=2)
+    evaluator.load(state)
+    found = evaluator.dice(task, mode)
+    prepared = evaluator.prepare(task, mode, mode)
+    assert prepared.images.dtype == torch.uint8 and prepared.images.shape == (len(task.slices), 128, 128, 3)
+    geometry, expected = get_geometry(mode), []
+    for i, piece in enumerate(task.slices):
+        logits = evaluator.predict(prepared, i, i + 1)[0].numpy()
+        masks = geometry.mask_to_image(logits, prepared.frames[i], evaluator.arch.image_size)
+        expected.append(dice(masks.any(axis=0), piece.mask))
+    np.testing.assert_allclose(found, expected, atol=1e-3)
+    assert np.nanmax(found) > 0.05
