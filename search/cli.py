@@ -16,13 +16,15 @@ from search.errors import MedSAMixError
 
 console = Console()
 EXIT_USER_ERROR = 2
+MERGE_DTYPES = ("float32", "float16", "bfloat16")  # torch dtype names `medsamix merge --dtype` writes
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from search.checkpoints import load_checkpoint
 
-    checkpoint = load_checkpoint(args.file)
+    checkpoint = load_checkpoint(args.file, allow_non_finite=True)
     sizes = checkpoint.component_sizes()
+    non_finite = checkpoint.non_finite()
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in checkpoint.state_dict.values()})
     table = Table(title=str(checkpoint.path), show_header=False)
     table.add_column("field", no_wrap=True)
@@ -37,21 +39,33 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     table.add_row("dtype", ", ".join(dtypes))
     if checkpoint.ignored_keys:
         table.add_row("ignored keys", f"{checkpoint.ignored_keys} outside the SAM model")
+    table.add_row(
+        "non-finite tensors",
+        f"{len(non_finite)}: " + ", ".join(f"{k} ({n} NaN/inf)" for k, n in non_finite.items())
+        if non_finite
+        else "none",
+    )
     table.add_row("sha256", checkpoint.sha256)
     console.print(table)
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
+    import torch
+
     from search.checkpoints import save_checkpoint
     from search.merge.engine import load_recipe_inputs
     from search.recipe import load_recipe, recipe_yaml
 
     recipe = load_recipe(args.recipe)
-    engine = load_recipe_inputs(recipe, Path(args.recipe).resolve().parent, device=args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    engine = load_recipe_inputs(recipe, Path(args.recipe).resolve().parent, device=args.device, dtype=dtype)
     state = engine.merge_recipe(recipe)
     metadata = {"medsamix_recipe": recipe_yaml(recipe), "architecture": engine.arch.name}
     out = save_checkpoint(state, args.output, metadata=metadata)
-    console.print(f"wrote {out} ({engine.arch.name}, {len(recipe.groups)} groups, device {engine.device})")
+    dtype_name = str(engine.dtype).removeprefix("torch.")
+    console.print(
+        f"wrote {out} ({engine.arch.name}, {dtype_name}, {len(recipe.groups)} groups, device {engine.device})"
+    )
 
 
 def cmd_recipe(args: argparse.Namespace) -> None:
@@ -284,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("recipe")
     merge.add_argument("-o", "--output", required=True, help="merged checkpoint (.safetensors, .pth or .pt)")
     merge.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    merge.add_argument(
+        "--dtype", choices=MERGE_DTYPES, default=None, help="dtype of the merged weights (default: the base's)"
+    )
     merge.set_defaults(run=cmd_merge)
 
     recipe = commands.add_parser("recipe", help="write a recipe with one method in every group, to edit by hand")
