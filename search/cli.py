@@ -147,8 +147,9 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from search.baselines import trained_convention
     from search.checkpoints import load_checkpoint
-    from search.config import load_task_specs
+    from search.config import load_conventions, load_task_specs
     from search.data import load_task
     from search.evaluate import Evaluator
     from search.merge.engine import load_recipe_inputs
@@ -156,27 +157,39 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from search.scores import score
 
     path = Path(args.model)
-    if path.suffix in (".yaml", ".yml"):
-        recipe = load_recipe(path)
-        engine = load_recipe_inputs(recipe, path.resolve().parent, device=args.device)
-        arch, state = engine.arch, engine.merge_recipe(recipe)
-        normalization = args.normalization or recipe.preprocessing.normalization
-    else:
-        checkpoint = load_checkpoint(path)
-        arch, state = checkpoint.arch, checkpoint.state_dict
-        normalization = args.normalization or "sam"
     loaded = {spec.name: load_task(spec) for spec in load_task_specs(args.tasks)}
     splits = {"calibration": {n: t[0] for n, t in loaded.items()}, "test": {n: t[1] for n, t in loaded.items()}}
     if args.split != "both":
         splits = {args.split: splits[args.split]}
-    scores = score(Evaluator(arch, device=args.device), state, normalization, splits)
-    table = Table(title=f"Dice of {path.name} ({arch.name}, {normalization} convention)")
-    table.add_column("task")
+    if path.suffix in (".yaml", ".yml"):
+        recipe = load_recipe(path)
+        engine = load_recipe_inputs(recipe, path.resolve().parent, device=args.device)
+        arch = engine.arch
+        normalization = args.normalization or recipe.preprocessing.normalization
+        evaluator = Evaluator(arch, device=args.device)
+        rows = {path.name: score(evaluator, engine.merge_recipe(recipe), normalization, splits)}
+        conventions = {path.name: normalization}
+        trained = load_conventions(args.tasks)
+        for i, name in enumerate(engine.names):  # the merge beside each input, under its training convention
+            conventions[name] = trained_convention(name, trained)
+            rows[name] = score(evaluator, engine.input_state(i), conventions[name], splits)
+    else:
+        checkpoint = load_checkpoint(path)
+        arch, normalization = checkpoint.arch, args.normalization or "sam"
+        rows = {path.name: score(Evaluator(arch, device=args.device), checkpoint.state_dict, normalization, splits)}
+        conventions = {path.name: normalization}
+    table = Table(title=f"Dice of {path.name} ({arch.name})")
+    table.add_column("model")
+    table.add_column("convention")
+    for task in loaded:
+        for split in splits:
+            table.add_column(f"{task} {split}", justify="right")
     for split in splits:
-        table.add_column(split, justify="right")
-    for task, values in scores.items():
-        table.add_row(task, *(f"{values[s]:.4f}" for s in splits))
-    table.add_row("mean", *(f"{sum(v[s] for v in scores.values()) / len(scores):.4f}" for s in splits), style="bold")
+        table.add_column(f"mean {split}", justify="right", style="bold")
+    for row, dice in rows.items():
+        means = [sum(v[s] for v in dice.values()) / len(dice) for s in splits]
+        cells = [f"{dice[t][s]:.4f}" for t in loaded for s in splits] + [f"{m:.4f}" for m in means]
+        table.add_row(row, conventions[row], *cells)
     console.print(table)
 
 

@@ -273,6 +273,11 @@ def test_single_task_search_writes_recipe_report_and_smac_files(tmp_path):
     shown = run_cli("evaluate", str(run / "best.yaml"), "--tasks", str(path), "--split", "test")
     assert done.returncode == 0, shown.stderr
     assert f"{scores['dice']['MedSAMix']['mr_white_matter']['test']:.4f}" in shown.stdout
+    # ... beside each of its inputs, under its training convention, as the report scored them.
+    for name in ("base", "ct_specialist", "mr_specialist"):
+        line = next(line for line in shown.stdout.splitlines() if line.startswith(f"│ {name} "))
+        assert scores["conventions"][name] in line
+        assert f"{scores['dice'][name]['mr_white_matter']['test']:.4f}" in line
 
 
 def test_the_pick_is_never_below_a_baseline_the_report_scores(tmp_path):
