@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save_file as save_safetensors
+from safetensors.torch import save as save_safetensors
 
 from search.architectures import ARCHITECTURES, SamArchitecture, identify, state_layout
 from search.errors import CheckpointError
@@ -43,6 +43,10 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     sha256: str
     ignored_keys: int  # keys outside the SAM prefix of a training file (optimizer-side modules)
+
+    def non_finite(self) -> dict[str, int]:
+        """Tensor name -> count of its NaN and inf entries, for the tensors that hold any (in state order)."""
+        return non_finite_counts(self.state_dict)
 
     def component_sizes(self) -> dict[str, int]:
         """Learned parameter count per top-level component (image_encoder, prompt_encoder, mask_decoder)."""
@@ -147,8 +151,17 @@ def validate_state_dict(path: Path | str, state: Mapping[str, object]) -> SamArc
     return arch
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read, unwrap and validate one SAM checkpoint file."""
+def non_finite_counts(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Tensor name -> count of its NaN and inf entries, for the floating-point tensors that hold any."""
+    counts = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point()}
+    return {k: n for k, n in counts.items() if n}
+
+
+def load_checkpoint(path: str | Path, allow_non_finite: bool = False) -> Checkpoint:
+    """Read, unwrap and validate one SAM checkpoint file.
+
+    A tensor with NaN or inf entries is refused unless `allow_non_finite` (for `inspect`, which reports them): every
+    merge method would carry it into the output (even at weight 0, as 0·NaN = NaN), silently."""
     path = require_file(Path(path), "checkpoint", CheckpointError)
     container, raw = _read_raw(path)
     fmt, weights = ("safetensors", raw) if container == "safetensors" else _unwrap(path, raw)
@@ -157,6 +170,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state.pop(key, None)
     arch = validate_state_dict(path, state)
     order = state_layout(arch).all
+    bad = {} if allow_non_finite else non_finite_counts({k: state[k] for k in order})
+    if bad:
+        name, count = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{path}: tensor {name} holds {count} non-finite value(s) (NaN or inf){more}; expected finite weights"
+        )
     return Checkpoint(
         path=path,
         format=fmt,
@@ -169,6 +189,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 
 SAVE_FORMATS = (".safetensors", ".pth", ".pt")
+HEADER_LENGTH = 8  # safetensors: a little-endian u64, then the JSON header, padded with spaces to 8 bytes
+
+
+def write_safetensors(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str], path: Path) -> None:
+    """A safetensors file whose bytes depend only on `state` and `metadata`: safetensors writes the metadata's keys in
+    an order that varies between processes, so the header is written again with every key sorted (the offsets,
+    relative to the end of the header, stay valid)."""
+    data = save_safetensors(dict(state), metadata=dict(metadata))
+    length = int.from_bytes(data[:HEADER_LENGTH], "little")
+    header = json.loads(data[HEADER_LENGTH : HEADER_LENGTH + length])
+    canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    canonical += b" " * (-len(canonical) % HEADER_LENGTH)
+    with open(path, "wb") as f:
+        f.write(len(canonical).to_bytes(HEADER_LENGTH, "little"))
+        f.write(canonical)
+        f.write(memoryview(data)[HEADER_LENGTH + length :])
 
 
 def save_checkpoint(
@@ -184,7 +220,7 @@ def save_checkpoint(
         raise CheckpointError(f"cannot write {path}: expected a file name ending in {', '.join(SAVE_FORMATS)}")
     owned = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     if path.suffix == ".safetensors":
-        return atomic_write(path, lambda temp: save_safetensors(owned, str(temp), metadata=dict(metadata or {})))
+        return atomic_write(path, lambda temp: write_safetensors(owned, metadata or {}, temp))
 
     def write_torch(temp: Path) -> None:
         with open(temp, "wb") as f:  # a file object: the archive's inner name is fixed, not the temp file's name

@@ -16,13 +16,15 @@ from search.errors import MedSAMixError
 
 console = Console()
 EXIT_USER_ERROR = 2
+MERGE_DTYPES = ("float32", "float16", "bfloat16")  # torch dtype names `medsamix merge --dtype` writes
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from search.checkpoints import load_checkpoint
 
-    checkpoint = load_checkpoint(args.file)
+    checkpoint = load_checkpoint(args.file, allow_non_finite=True)
     sizes = checkpoint.component_sizes()
+    non_finite = checkpoint.non_finite()
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in checkpoint.state_dict.values()})
     table = Table(title=str(checkpoint.path), show_header=False)
     table.add_column("field", no_wrap=True)
@@ -37,21 +39,33 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     table.add_row("dtype", ", ".join(dtypes))
     if checkpoint.ignored_keys:
         table.add_row("ignored keys", f"{checkpoint.ignored_keys} outside the SAM model")
+    table.add_row(
+        "non-finite tensors",
+        f"{len(non_finite)}: " + ", ".join(f"{k} ({n} NaN/inf)" for k, n in non_finite.items())
+        if non_finite
+        else "none",
+    )
     table.add_row("sha256", checkpoint.sha256)
     console.print(table)
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
+    import torch
+
     from search.checkpoints import save_checkpoint
     from search.merge.engine import load_recipe_inputs
     from search.recipe import load_recipe, recipe_yaml
 
     recipe = load_recipe(args.recipe)
-    engine = load_recipe_inputs(recipe, Path(args.recipe).resolve().parent, device=args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    engine = load_recipe_inputs(recipe, Path(args.recipe).resolve().parent, device=args.device, dtype=dtype)
     state = engine.merge_recipe(recipe)
     metadata = {"medsamix_recipe": recipe_yaml(recipe), "architecture": engine.arch.name}
     out = save_checkpoint(state, args.output, metadata=metadata)
-    console.print(f"wrote {out} ({engine.arch.name}, {len(recipe.groups)} groups, device {engine.device})")
+    dtype_name = str(engine.dtype).removeprefix("torch.")
+    console.print(
+        f"wrote {out} ({engine.arch.name}, {dtype_name}, {len(recipe.groups)} groups, device {engine.device})"
+    )
 
 
 def cmd_recipe(args: argparse.Namespace) -> None:
@@ -137,8 +151,9 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from search.baselines import trained_convention
     from search.checkpoints import load_checkpoint
-    from search.config import load_task_specs
+    from search.config import load_conventions, load_task_specs
     from search.data import load_task
     from search.evaluate import Evaluator
     from search.merge.engine import load_recipe_inputs
@@ -146,27 +161,39 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from search.scores import score
 
     path = Path(args.model)
-    if path.suffix in (".yaml", ".yml"):
-        recipe = load_recipe(path)
-        engine = load_recipe_inputs(recipe, path.resolve().parent, device=args.device)
-        arch, state = engine.arch, engine.merge_recipe(recipe)
-        normalization = args.normalization or recipe.preprocessing.normalization
-    else:
-        checkpoint = load_checkpoint(path)
-        arch, state = checkpoint.arch, checkpoint.state_dict
-        normalization = args.normalization or "sam"
     loaded = {spec.name: load_task(spec) for spec in load_task_specs(args.tasks)}
     splits = {"calibration": {n: t[0] for n, t in loaded.items()}, "test": {n: t[1] for n, t in loaded.items()}}
     if args.split != "both":
         splits = {args.split: splits[args.split]}
-    scores = score(Evaluator(arch, device=args.device), state, normalization, splits)
-    table = Table(title=f"Dice of {path.name} ({arch.name}, {normalization} convention)")
-    table.add_column("task")
+    if path.suffix in (".yaml", ".yml"):
+        recipe = load_recipe(path)
+        engine = load_recipe_inputs(recipe, path.resolve().parent, device=args.device)
+        arch = engine.arch
+        normalization = args.normalization or recipe.preprocessing.normalization
+        evaluator = Evaluator(arch, device=args.device)
+        rows = {path.name: score(evaluator, engine.merge_recipe(recipe), normalization, splits)}
+        conventions = {path.name: normalization}
+        trained = load_conventions(args.tasks)
+        for i, name in enumerate(engine.names):  # the merge beside each input, under its training convention
+            conventions[name] = trained_convention(name, trained)
+            rows[name] = score(evaluator, engine.input_state(i), conventions[name], splits)
+    else:
+        checkpoint = load_checkpoint(path)
+        arch, normalization = checkpoint.arch, args.normalization or "sam"
+        rows = {path.name: score(Evaluator(arch, device=args.device), checkpoint.state_dict, normalization, splits)}
+        conventions = {path.name: normalization}
+    table = Table(title=f"Dice of {path.name} ({arch.name})")
+    table.add_column("model")
+    table.add_column("convention")
+    for task in loaded:
+        for split in splits:
+            table.add_column(f"{task} {split}", justify="right")
     for split in splits:
-        table.add_column(split, justify="right")
-    for task, values in scores.items():
-        table.add_row(task, *(f"{values[s]:.4f}" for s in splits))
-    table.add_row("mean", *(f"{sum(v[s] for v in scores.values()) / len(scores):.4f}" for s in splits), style="bold")
+        table.add_column(f"mean {split}", justify="right", style="bold")
+    for row, dice in rows.items():
+        means = [sum(v[s] for v in dice.values()) / len(dice) for s in splits]
+        cells = [f"{dice[t][s]:.4f}" for t in loaded for s in splits] + [f"{m:.4f}" for m in means]
+        table.add_row(row, conventions[row], *cells)
     console.print(table)
 
 
@@ -293,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("recipe")
     merge.add_argument("-o", "--output", required=True, help="merged checkpoint (.safetensors, .pth or .pt)")
     merge.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    merge.add_argument(
+        "--dtype", choices=MERGE_DTYPES, default=None, help="dtype of the merged weights (default: the base's)"
+    )
     merge.set_defaults(run=cmd_merge)
 
     recipe = commands.add_parser("recipe", help="write a recipe with one method in every group, to edit by hand")

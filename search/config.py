@@ -135,6 +135,11 @@ class SearchConfig(_Strict):
     def multi_task(self) -> bool:
         return len(self.tasks) > 1
 
+    @property
+    def conventions(self) -> dict[str, str]:
+        """Input name -> the convention it was trained under."""
+        return {m.name: m.normalization for m in (self.base, *self.models)}
+
     def space_spec(self) -> SpaceSpec:
         return SpaceSpec(self.granularity, self.methods, tuple(self.normalizations))
 

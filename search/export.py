@@ -330,6 +330,7 @@ class ExportSource:
     inputs: list[dict[str, str]]  # {name, path, sha256} of every file the weights were made from
     recipe: Recipe | None = None
     report: Path | None = None  # the search report beside the recipe, if there is one
+    folder: Path | None = None  # where the recipe's relative input paths start
 
 
 def load_source(path: str | Path, normalization: str | None = None) -> ExportSource:
@@ -355,7 +356,13 @@ def load_source(path: str | Path, normalization: str | None = None) -> ExportSou
         ]
         report = folder / REPORT_DIR
         return ExportSource(
-            state, engine.arch, recipe.preprocessing.normalization, inputs, recipe, report if report.is_dir() else None
+            state,
+            engine.arch,
+            recipe.preprocessing.normalization,
+            inputs,
+            recipe,
+            report if report.is_dir() else None,
+            folder,
         )
     checkpoint = load_checkpoint(path)
     normalization = normalization or "sam"
@@ -466,6 +473,11 @@ def export_model(
         raise ExportError(str(error)) from None
     arch = source.arch
     grid = arch.embedding_size
+    # The recipe as it will lie in the model's folder: its input paths made to start there, so it replays from it.
+    recipe = source.recipe.relocated(source.folder or Path("."), out / name) if source.recipe else None
+    inputs = (
+        [{**i, "path": m.path} for i, m in zip(source.inputs, recipe.inputs, strict=True)] if recipe else source.inputs
+    )
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -479,8 +491,8 @@ def export_model(
         "preprocessing": {"geometry": geometry, "normalization": source.normalization, "intensity_presets": presets},
         "tasks": list(tasks),
         "scores": {task: dict(score) for task, score in (scores or {}).items()},
-        "recipe": source.recipe.model_dump(mode="json", exclude_none=True) if source.recipe else None,
-        "inputs": source.inputs,
+        "recipe": recipe.model_dump(mode="json", exclude_none=True) if recipe else None,
+        "inputs": inputs,
         "quality_gate": dict(gate) if gate is not None else None,
         # What the scores and the gate were measured with (none: nothing was scored); the decoder takes all kinds.
         "scored_prompts": list(SCORED_PROMPTS) if scores or gate is not None else [],
@@ -501,8 +513,8 @@ def export_model(
             "encoder": {"file": ENCODER_FILE, **ports["encoder"]},
             "decoder": {"file": DECODER_FILE, **ports["decoder"]},
         }
-        if source.recipe is not None:
-            (folder / RECIPE_FILE).write_text(recipe_yaml(source.recipe), encoding="utf-8")
+        if recipe is not None:
+            (folder / RECIPE_FILE).write_text(recipe_yaml(recipe), encoding="utf-8")
         if report is not None:
             _copy_report(report, folder / REPORT_DIR)
         manifest["files"] = {path: sha256_file(folder / path) for path in folder_files(folder)}

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from search.architectures import SamArchitecture
+from search.baselines import trained_convention
 from search.data import DataSpec, load_task
 from search.evaluate import Evaluator
 from search.merge.engine import load_recipe_inputs
@@ -50,7 +51,7 @@ def quality_gate(
     if recipe is not None:
         engine = load_recipe_inputs(recipe, folder, device=evaluator.device)
         for i, name in enumerate(engine.names):
-            convention = conventions.get(name, "sam")
+            convention = trained_convention(name, conventions)
             dice = test_dice(engine.input_state(i), convention)
             inputs[name] = {"dice": dice, "mean": mean(dice), "convention": convention}
     best = max(inputs, key=lambda name: inputs[name]["mean"]) if inputs else None

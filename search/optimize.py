@@ -34,12 +34,13 @@ from smac.multi_objective.parego import ParEGO
 from smac.runhistory.dataclasses import TrialInfo, TrialValue
 from smac.runhistory.enumerations import StatusType
 
+from search.baselines import baselines, initial_configurations
 from search.config import ConfigError, SearchConfig
 from search.errors import MedSAMixError
 from search.io import atomic_write
 from search.journal import Journal
 from search.recipe import InputModel, Recipe, recipe_yaml, save_recipe
-from search.space import SearchSpace, initial_configurations
+from search.space import SearchSpace
 from search.trial import TrialRunner, run_trial
 
 CRASH_LIMIT = 5  # consecutive crashed trials that stop a search: something is broken, not unlucky
@@ -246,8 +247,14 @@ class Search:
             seed=config.seed,
         )
         facade = MultiFidelityFacade if multi_fidelity else HyperparameterOptimizationFacade
-        conventions = {m.name: m.normalization for m in (config.base, *config.models)}
-        informed = initial_configurations(space, conventions, config.initial_design.lambdas)[: config.trials]
+        informed = initial_configurations(space, config.conventions, config.initial_design.lambdas)
+        measured = len(baselines(space, config.conventions))
+        if config.trials < measured:
+            self.console.print(
+                f"warning: {config.trials} trials cannot hold the {measured} baselines the report scores; the pick "
+                "may score below one of them on calibration"
+            )
+        informed = informed[: config.trials]
         initial = RandomInitialDesign(
             scenario,
             n_configs=min(config.initial_design.random, config.trials - len(informed)),

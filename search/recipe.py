@@ -17,6 +17,7 @@ validated; every error is one sentence that names the field.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,6 +128,18 @@ class Recipe(_Strict):
     def resolve_path(self, model: InputModel, folder: Path) -> Path:
         path = Path(model.path).expanduser()
         return path if path.is_absolute() else folder / path
+
+    def relocated(self, folder: Path, target: Path) -> Recipe:
+        """This recipe (its relative paths starting at `folder`) as a copy in `target` replays it: each relative
+        input path made relative to `target` instead; absolute paths and the sha256s stay."""
+
+        def moved(model: InputModel) -> InputModel:
+            if Path(model.path).expanduser().is_absolute():
+                return model
+            path = os.path.relpath(self.resolve_path(model, folder).resolve(), Path(target).resolve())
+            return model.model_copy(update={"path": path})
+
+        return self.model_copy(update={"base": moved(self.base), "models": [moved(m) for m in self.models]})
 
 
 def uniform_recipe(

@@ -19,14 +19,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from search.baselines import Baseline, baselines, trained_convention  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
 from search.io import atomic_write  # noqa: E402
 from search.merge.engine import MergeEngine  # noqa: E402
-from search.recipe import Recipe, uniform_recipe  # noqa: E402
+from search.recipe import Recipe  # noqa: E402
 from search.scores import Table, markdown_table, score  # noqa: E402
+from search.space import SearchSpace  # noqa: E402
 from search.trial import TrialRunner  # noqa: E402
 
-BASELINES = ("linear", "task_arithmetic", "ties", "slerp")  # the paper's uniform baselines, at declared defaults
 SPLITS = ["calibration", "test"]
 METHOD_COLOURS = {
     "linear": "#4e79a7",
@@ -46,28 +47,33 @@ def _save(figure: plt.Figure, path: Path) -> str:
     return path.name
 
 
-def score_table(config: SearchConfig, runner: TrialRunner, merges: dict[str, Recipe]) -> tuple[Table, dict[str, str]]:
-    """Dice of each input (under its own convention), each uniform baseline (under whichever allowed convention
-    scores best on calibration) and each merge, on both splits. Also returns each row's convention."""
+def score_table(
+    config: SearchConfig, runner: TrialRunner, merges: dict[str, Recipe], space: SearchSpace
+) -> tuple[Table, dict[str, str]]:
+    """Dice of the search's baselines (`search.baselines`) and each merge, on both splits. An input runs under its
+    training convention; a uniform baseline under whichever of its allowed conventions scores best on calibration
+    (the initial design ran it under each). Also returns each row's convention."""
     splits = {"calibration": runner.tasks, "test": runner.tests}
     engine: MergeEngine = runner.engine
     table: Table = {}
     conventions: dict[str, str] = {}
-    for i, model in enumerate((config.base, *config.models)):
-        table[model.name] = score(runner.evaluator, engine.input_state(i), model.normalization, splits)
-        conventions[model.name] = model.normalization
-    recipe = next(iter(merges.values()))
-    granularity = recipe.granularity.to_granularity()
-    for method in BASELINES:
-        if method not in config.methods:
-            continue
+    for i, name in enumerate(engine.names):
+        conventions[name] = trained_convention(name, config.conventions)
+        table[name] = score(runner.evaluator, engine.input_state(i), conventions[name], splits)
+    rows: dict[str, list[Baseline]] = {}
+    for baseline in baselines(space, config.conventions):
+        if baseline.row not in engine.names:
+            rows.setdefault(baseline.row, []).append(baseline)
+    for row, measured in rows.items():
         # The convention changes only how images are fed, not the merged weights: merge once, score calibration
         # under each allowed convention, then the held-out cases under the best one.
-        state = engine.merge_recipe(uniform_recipe(recipe.base, recipe.models, engine.arch, method, granularity))
-        scored = {n: score(runner.evaluator, state, n, {"calibration": runner.tasks}) for n in config.normalizations}
+        state = engine.merge_recipe(space.to_recipe(measured[0].config))
+        scored = {
+            b.normalization: score(runner.evaluator, state, b.normalization, {"calibration": runner.tasks})
+            for b in measured
+        }
         chosen = max(scored, key=lambda n: np.mean([s["calibration"] for s in scored[n].values()]))
         held_out = score(runner.evaluator, state, chosen, {"test": runner.tests})
-        row = f"uniform {method}"
         table[row] = {task: {**scored[chosen][task], **held_out[task]} for task in held_out}
         conventions[row] = chosen
     for name, merge in merges.items():
@@ -178,7 +184,7 @@ def write_report(out: Path, config: SearchConfig, runner: TrialRunner, result, s
     folder.mkdir(parents=True, exist_ok=True)
     tasks = [t.name for t in config.tasks]
     merges = {"MedSAMix (picked)" if config.multi_task else "MedSAMix": result.best}
-    table, conventions = score_table(config, runner, merges)
+    table, conventions = score_table(config, runner, merges, space)
     budget = max(e["budget"] for e in result.entries)
     plots = {"objective": objective_plot(result.entries, tasks, budget, folder / "objective.png")}
     if len(tasks) == 2 and result.front:

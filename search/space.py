@@ -168,36 +168,3 @@ class SearchSpace:
         granularity = self.granularities()[0]
         entries = {name: (method, dict(params or {})) for name in self._groups_at[granularity]}
         return self.configuration(granularity, normalization or self.spec.normalizations[0], entries)
-
-
-def initial_configurations(
-    space: SearchSpace, conventions: Mapping[str, str], lambdas: Sequence[float]
-) -> list[Configuration]:
-    """The informed start of a search: each input alone (`pick` everywhere, under its own convention), then the
-    uniform baselines at the first normalisation searched: linear, task arithmetic and TIES at each of `lambdas`;
-    then each fine-tune plus `lambda` of every other fine-tune's task vector (task arithmetic, λ = 1, per-model
-    weights, under that fine-tune's convention: a specialist that borrows a little from the others); last SLERP at
-    equal weights (t = 0.5 for two inputs). Methods not in the space are left out."""
-    allowed = set(space.spec.methods)
-    configs: list[Configuration] = []
-    if "pick" in allowed:
-        for name in space.inputs:
-            convention = conventions.get(name, space.spec.normalizations[0])
-            if convention in space.spec.normalizations:
-                configs.append(space.uniform("pick", {"model": name}, convention))
-    if "linear" in allowed:
-        configs.append(space.uniform("linear"))
-    for method in ("task_arithmetic", "ties"):
-        if method in allowed:
-            configs += [space.uniform(method, {"lambda": float(value)}) for value in lambdas]
-    if "task_arithmetic" in allowed and len(space.models) > 1:
-        for primary in space.inputs[1:]:
-            convention = conventions.get(primary, space.spec.normalizations[0])
-            if convention not in space.spec.normalizations:
-                continue
-            for value in lambdas:
-                weights = {name: 1.0 if name == primary else float(value) for name in space.inputs[1:]}
-                configs.append(space.uniform("task_arithmetic", {"lambda": 1.0, "weights": weights}, convention))
-    if "slerp" in allowed:
-        configs.append(space.uniform("slerp"))
-    return list(dict.fromkeys(configs))  # keep order, drop repeats

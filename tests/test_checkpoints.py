@@ -163,3 +163,28 @@ def test_a_sam_of_unknown_size_says_what_sizes_are_known(tmp_path: Path, tiny_ba
     message = one_sentence(error)
     assert "unknown size (patch embedding [64, 3, 8, 8], 11 encoder blocks)" in message
     assert "expected one of vit_b, vit_l, vit_h, tiny" in message
+
+
+def with_non_finite(base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A fine-tune with one NaN in a decoder weight and one inf in an encoder bias."""
+    state = fine_tune_of(base, 9)
+    state["mask_decoder.iou_prediction_head.layers.0.weight"][0, 0] = float("nan")
+    state["image_encoder.blocks.0.attn.qkv.bias"][3] = float("inf")
+    return state
+
+
+@pytest.mark.parametrize("fmt", ["sam", "safetensors"])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path: Path, tiny_base, fmt: str) -> None:
+    suffix, write = WRITERS[fmt]
+    path = tmp_path / f"broken{suffix}"
+    write(with_non_finite(tiny_base), path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = one_sentence(error)
+    assert "tensor image_encoder.blocks.0.attn.qkv.bias holds 1 non-finite value(s)" in message
+    assert "(and 1 more tensors)" in message and "expected finite weights" in message
+    # Reading it to report on it (inspect) is allowed, and counts each bad tensor.
+    assert load_checkpoint(path, allow_non_finite=True).non_finite() == {
+        "image_encoder.blocks.0.attn.qkv.bias": 1,
+        "mask_decoder.iou_prediction_head.layers.0.weight": 1,
+    }

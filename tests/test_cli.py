@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -72,11 +73,11 @@ def test_recipe_then_merge_replays_bit_identically_and_loads_into_segment_anythi
     assert {g["method"] for g in recipe["groups"]} == {"dare"}
 
     digests = []
-    for out in ("a.pth", "b.pth", "c.safetensors"):
+    for out in ("a.pth", "b.pth", "c.safetensors", "d.safetensors"):  # each merge in its own process
         result = medsamix("merge", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / out), "--device", "cpu")
         assert result.returncode == 0, result.stderr
         digests.append(hashlib.sha256((tmp_path / out).read_bytes()).hexdigest())
-    assert digests[0] == digests[1]
+    assert digests[0] == digests[1] and digests[2] == digests[3]
 
     model = build_sam("tiny")
     model.load_state_dict(torch.load(tmp_path / "a.pth", weights_only=True), strict=True)
@@ -127,3 +128,41 @@ def test_a_folder_given_for_a_file_is_called_a_folder(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: checkpoint {tmp_path} is a folder, not a file"
     assert "does not exist" in medsamix("inspect", str(tmp_path / "none.pth")).stderr
+
+
+def test_non_finite_weights_are_reported_by_inspect_and_refused_by_merge_export_and_search(tiny_base, tmp_path):
+    from search.config import parse_search_config
+    from search.errors import CheckpointError
+    from search.optimize import Search
+    from search.zoo import search_config
+    from tests.conftest import write_sam
+    from tests.test_checkpoints import with_non_finite
+    from tests.test_export import one_line_error
+
+    write_sam(tiny_base, tmp_path / "sam.pth")
+    write_sam(with_non_finite(tiny_base), tmp_path / "ft.pth")
+    shown = medsamix("inspect", "ft.pth", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if "non-finite tensors" in line)
+    assert "2: image_encoder.blocks.0.attn.qkv.bias (1 NaN/inf)" in row
+    assert "mask_decoder.iou_prediction_head.layers.0.weight (1 NaN/inf)" in shown.stdout
+    assert re.search(r"non-finite tensors\s+│ none ", medsamix("inspect", "sam.pth", cwd=tmp_path).stdout)
+    refusal = "ft.pth: tensor image_encoder.blocks.0.attn.qkv.bias holds 1 non-finite value(s)"
+    assert refusal in one_line_error(medsamix("recipe", "sam.pth", "ft.pth", "-o", "r.yaml", cwd=tmp_path))
+    # A recipe written before the fine-tune went bad: merging and exporting it refuse it.
+    write_sam(fine_tune_of(tiny_base, 9), tmp_path / "ft.pth")
+    assert medsamix("recipe", "sam.pth", "ft.pth", "-o", "r.yaml", cwd=tmp_path).returncode == 0
+    recipe = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    recipe["models"][0].pop("sha256")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    write_sam(with_non_finite(tiny_base), tmp_path / "ft.pth")
+    assert refusal in one_line_error(medsamix("merge", "r.yaml", "-o", "out.pth", cwd=tmp_path))
+    assert not (tmp_path / "out.pth").exists()
+    export = medsamix("export", "r.yaml", "--name", "m", "--out", "models", "--force", cwd=tmp_path)
+    assert refusal in one_line_error(export) and not (tmp_path / "models" / "m").exists()
+    # A search loads its inputs through the same path.
+    data = search_config(Path(__file__).parent / "zoo", ["ct_kidney"], output=str(tmp_path / "run"))
+    data["models"][0]["path"] = str(tmp_path / "ft.pth")
+    config = parse_search_config(yaml.safe_dump(data))
+    with pytest.raises(CheckpointError, match="tensor image_encoder.blocks.0.attn.qkv.bias holds 1 non-finite"):
+        Search(config, progress=False, report=False).run()

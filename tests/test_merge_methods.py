@@ -56,12 +56,14 @@ def ref_task_arithmetic(base, models, scale):
     return base + scale * sum(m - base for m in models)
 
 
-def ref_disjoint_mean(taus):
-    stacked = np.stack(taus)
+def ref_disjoint_mean(taus, weights=None):
+    """Σ_{t agrees} w_t τ_t / Σ_{t agrees} w_t entry by entry (mergekit's divisor; all w_t = 1: the count)."""
+    w = np.ones(len(taus)) if weights is None else np.asarray(weights, dtype=np.float64)
+    stacked = np.stack(taus) * w[:, None]
     elected = np.sign(stacked.sum(0))
     agree = (np.sign(stacked) == elected) & (stacked != 0)
-    count = agree.sum(0)
-    return np.where(count > 0, (stacked * agree).sum(0) / np.maximum(count, 1), 0.0)
+    divisor = (agree * w[:, None]).sum(0)
+    return np.where(divisor > 0, (stacked * agree).sum(0) / np.where(divisor > 0, divisor, 1.0), 0.0)
 
 
 def ref_trim(tau, density):
@@ -189,14 +191,19 @@ def test_task_arithmetic_weighs_each_task_vector(weights):
     np.testing.assert_allclose(f64(out), expected, rtol=1e-12, atol=1e-13)
 
 
-def test_ties_trims_and_elects_on_weighted_task_vectors():
+@pytest.mark.parametrize("weights", [(1.0, 0.3, 0.6), (0.05, 0.0, 0.9), (0.5, 0.5, 0.5)])
+def test_ties_divides_by_the_sum_of_the_agreeing_weights(weights):
     rng = np.random.default_rng(15)
     base = rng.normal(size=1000)
     models = [base + rng.normal(size=1000) * 0.1 for _ in range(3)]
-    weights = (1.0, 0.3, 0.6)
-    weighted = [base + w * (m - base) for w, m in zip(weights, models, strict=True)]
     out = merge("ties", *tensors(base), tensors(*models), density=0.4, weights=weights, **lam(0.8))
-    np.testing.assert_allclose(f64(out), ref_ties(base, weighted, 0.4, 0.8, (1000,)), rtol=1e-12, atol=1e-13)
+    trimmed = [ref_trim(m - base, 0.4) for m in models]  # a positive weight does not change a tensor's ranking
+    expected = base + 0.8 * ref_disjoint_mean(trimmed, weights)
+    np.testing.assert_allclose(f64(out), expected, rtol=1e-12, atol=1e-13)
+    # Equal weights cancel out: the paper's TIES (divided by the count of agreeing entries).
+    if len(set(weights)) == 1:
+        plain = merge("ties", *tensors(base), tensors(*models), density=0.4, **lam(0.8))
+        np.testing.assert_allclose(f64(out), f64(plain), rtol=1e-12, atol=1e-13)
 
 
 def test_per_model_weights_name_the_fine_tunes_only():
@@ -377,6 +384,32 @@ def test_dare_ties_full_density_equals_ties_full_density():
     models = [base + rng.normal(size=600) for _ in range(3)]
     out = merge("dare_ties", *tensors(base), tensors(*models), density=1.0, **lam(0.9))
     expected = base + 0.9 * ref_disjoint_mean([m - base for m in models])
+    np.testing.assert_allclose(f64(out), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_dare_ties_divides_by_the_sum_of_the_agreeing_weights():
+    rng = np.random.default_rng(16)
+    n = 5000
+    base = rng.normal(size=n)
+    taus = [rng.normal(size=n) * 0.01 for _ in range(2)]
+    packing = Packing.single(n, tensor_key(3, "w"))
+    density, weights = 0.6, (0.7, 0.2)
+
+    def kept(i):  # DARE's mask of fine-tune i, read from a run where only it differs from the base
+        models = [base + taus[j] if j == i else base for j in range(2)]
+        return f64(merge("dare", *tensors(base), tensors(*models), packing, density=density, **lam(1))) != base
+
+    survivors = [taus[i] * kept(i) / density for i in range(2)]
+    out = merge(
+        "dare_ties",
+        *tensors(base),
+        tensors(*(base + t for t in taus)),
+        packing,
+        density=density,
+        weights=weights,
+        **lam(0.9),
+    )
+    expected = base + 0.9 * ref_disjoint_mean(survivors, weights)
     np.testing.assert_allclose(f64(out), expected, rtol=1e-12, atol=1e-14)
 
 

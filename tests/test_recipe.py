@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from search.architectures import state_layout
 from search.checkpoints import load_checkpoint, save_checkpoint
 from search.errors import RecipeError
 from search.groups import Granularity
@@ -107,6 +108,47 @@ def test_half_precision_inputs_stay_half(tiny_inputs, tiny_base, tmp_path: Path)
     assert {t.dtype for t in merged.values()} == {torch.bfloat16}
 
 
+MIXED = {"sam": torch.bfloat16, "medicosam": torch.float16, "medsam": torch.float16}  # a bf16 base, fp16 fine-tunes
+
+
+@pytest.fixture(scope="module")
+def mixed_inputs(tmp_path_factory, tiny_base) -> dict[str, dict[str, Path]]:
+    """The same weights twice: as a bf16 base with fp16 fine-tunes, and as float32 copies of exactly those values."""
+    folder = tmp_path_factory.mktemp("mixed")
+    paths: dict[str, dict[str, Path]] = {"mixed": {}, "float32": {}}
+    for i, (name, dtype) in enumerate(MIXED.items()):
+        state = {k: v.to(dtype) for k, v in fine_tune_of(tiny_base, 10 + i, scale=0.05).items()}
+        for kind, cast in (("mixed", state), ("float32", {k: v.to(torch.float32) for k, v in state.items()})):
+            paths[kind][name] = folder / f"{kind}_{name}.pth"
+            write_sam(cast, paths[kind][name])
+    return paths
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_mixed_dtype_inputs_merge_in_float32_and_round_once(mixed_inputs, method, dtype) -> None:
+    merged = {}
+    for kind, paths in mixed_inputs.items():
+        recipe = make_recipe(paths, method, seed=3)
+        merged[kind] = load_recipe_inputs(recipe, Path("/"), device="cpu", dtype=dtype).merge_recipe(recipe)
+    for key, reference in merged["float32"].items():
+        assert merged["mixed"][key].dtype == dtype, key
+        torch.testing.assert_close(merged["mixed"][key], reference, rtol=torch.finfo(dtype).eps, atol=1e-7)
+
+
+def test_mixed_dtype_task_arithmetic_matches_float64(mixed_inputs) -> None:
+    """Independently: θ_base + λ Σ_t τ_t in float64 from the inputs' own values, rounded once to float32."""
+    recipe = make_recipe(mixed_inputs["mixed"], "task_arithmetic")
+    merged = load_recipe_inputs(recipe, Path("/"), device="cpu", dtype=torch.float32).merge_recipe(recipe)
+    states = {n: load_checkpoint(p).state_dict for n, p in mixed_inputs["mixed"].items()}
+    lam = get_method("task_arithmetic").defaults(NAMES)["lambda"]
+    buffers = state_layout("tiny").buffers  # copied from the base, not merged
+    for key, tensor in merged.items():
+        base = states["sam"][key].double()
+        expected = base if key in buffers else base + lam * sum(states[n][key].double() - base for n in NAMES[1:])
+        torch.testing.assert_close(tensor, expected.float(), rtol=2e-7, atol=1e-7)
+
+
 def test_a_failing_method_is_never_swallowed(tiny_inputs, engine, monkeypatch) -> None:
     def explode(*args, **kwargs):
         raise FloatingPointError("boom")
@@ -131,6 +173,20 @@ def test_replay_is_bit_identical(tiny_inputs, tmp_path: Path, method: str) -> No
         engine = load_recipe_inputs(recipe, Path("/"), device="cpu")
         outputs.append(save_checkpoint(engine.merge_recipe(recipe), tmp_path / f"m{attempt}.safetensors"))
     assert sha256(outputs[0]) == sha256(outputs[1])
+
+
+def test_safetensors_bytes_do_not_depend_on_the_order_of_the_metadata(tiny_base, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    metadata = {f"key{i}": f"value {i}" for i in range(8)}  # safetensors itself orders these differently each time
+    paths = [tmp_path / f"m{i}.safetensors" for i in range(4)]
+    for i, path in enumerate(paths):
+        save_checkpoint(tiny_base, path, metadata=dict(reversed(metadata.items())) if i % 2 else metadata)
+    assert len({sha256(path) for path in paths}) == 1
+    with safe_open(str(paths[0]), "pt") as f:
+        assert f.metadata() == metadata
+    loaded = load_checkpoint(paths[0]).state_dict
+    assert all(torch.equal(loaded[k], tiny_base[k]) for k in loaded)
 
 
 def test_dare_depends_on_the_recipe_seed(tiny_inputs, engine) -> None:

@@ -17,11 +17,12 @@ import yaml
 from ConfigSpace import Configuration
 
 from search.architectures import ARCHITECTURES
+from search.baselines import baselines, initial_configurations
 from search.config import ConfigError, SearchConfig, load_search_config, load_task_specs, parse_search_config
 from search.journal import Journal
 from search.optimize import Search, SearchError, pareto_front, pick_index
 from search.recipe import InputModel, load_recipe, recipe_yaml
-from search.space import SearchSpace, SpaceSpec, initial_configurations
+from search.space import SearchSpace, SpaceSpec
 from search.trial import TrialRunner
 from search.zoo import search_config
 
@@ -107,34 +108,54 @@ def test_searched_granularity_switches_the_groups():
     ]
 
 
-def test_initial_design_holds_each_input_alone_and_the_uniform_baselines():
+def test_initial_design_holds_every_baseline_under_each_allowed_convention_then_the_informed_extras():
     fixed = space()
-    configs = initial_configurations(fixed, {"base": "sam", "ct": "sam", "mr": "medsam"}, [0.3, 1.0])
+    conventions = {"base": "sam", "ct": "sam", "mr": "medsam"}
+    configs = initial_configurations(fixed, conventions, [0.3, 1.0])
     recipes = [fixed.to_recipe(c) for c in configs]
     described = [
         (r.groups[0].method, json.dumps(r.groups[0].params, sort_keys=True), r.preprocessing.normalization)
         for r in recipes
     ]
-    assert described[:3] == [
+    # Each input alone under each convention, its training convention first.
+    assert described[:6] == [
         ("pick", '{"model": "base"}', "sam"),
+        ("pick", '{"model": "base"}', "medsam"),
         ("pick", '{"model": "ct"}', "sam"),
+        ("pick", '{"model": "ct"}', "medsam"),
         ("pick", '{"model": "mr"}', "medsam"),
+        ("pick", '{"model": "mr"}', "sam"),
     ]
-    assert [d[0] for d in described[3:8]] == ["linear", "task_arithmetic", "task_arithmetic", "ties", "ties"]
-    assert [r.groups[0].params["lambda"] for r in recipes[4:8]] == [0.3, 1.0, 0.3, 1.0]
-    # Each fine-tune plus a share of the other's task vector, under its own convention (λ = 1 for both repeats
-    # task arithmetic at λ = 1 under sam, and is kept once).
-    borrowing = [(r.groups[0].params["weights"], r.preprocessing.normalization) for r in recipes[8:-1]]
+    # Each uniform baseline at its declared defaults under each convention.
+    uniform = [(m, n) for m in ("linear", "task_arithmetic", "ties", "slerp") for n in ("sam", "medsam")]
+    assert [(d[0], d[2]) for d in described[6:14]] == uniform
+    assert [r.groups[0].params.get("lambda") for r in recipes[6:14]] == [None, None, 0.5, 0.5, 1.0, 1.0, None, None]
+    # Then task arithmetic and TIES at the given lambdas (TIES at λ = 1 is its default, kept once), and each
+    # fine-tune plus a share of the other's task vector under its own convention.
+    assert [(d[0], r.groups[0].params["lambda"]) for d, r in zip(described[14:17], recipes[14:17], strict=True)] == [
+        ("task_arithmetic", 0.3),
+        ("task_arithmetic", 1.0),
+        ("ties", 0.3),
+    ]
+    borrowing = [(r.groups[0].params["weights"], r.preprocessing.normalization) for r in recipes[17:]]
     assert borrowing == [
         ({"ct": 1.0, "mr": 0.3}, "sam"),
         ({"ct": 0.3, "mr": 1.0}, "medsam"),
         ({"ct": 1.0, "mr": 1.0}, "medsam"),
     ]
-    assert described[-1][0] == "slerp"
     for recipe in recipes:  # the same method everywhere
         assert len({(g.method, json.dumps(g.params, sort_keys=True)) for g in recipe.groups}) == 1
-    without_pick = initial_configurations(space(methods=["linear", "ties"]), {}, [0.5])
-    assert [space(methods=["linear", "ties"]).to_recipe(c).groups[0].method for c in without_pick] == ["linear", "ties"]
+    # Every baseline the report scores is in the design, and nothing twice.
+    assert {b.config for b in baselines(fixed, conventions)} <= set(configs) and len(set(configs)) == len(configs)
+    # Without `pick`, an input alone is linear with all weight on it.
+    narrow = space(methods=["linear", "ties"], normalizations=("sam",))
+    alone = [narrow.to_recipe(c).groups[0] for c in initial_configurations(narrow, {}, [0.5])]
+    assert [(g.method, g.params.get("weights")) for g in alone[:3]] == [
+        ("linear", {"base": 1.0, "ct": 0.0, "mr": 0.0}),
+        ("linear", {"base": 0.0, "ct": 1.0, "mr": 0.0}),
+        ("linear", {"base": 0.0, "ct": 0.0, "mr": 1.0}),
+    ]
+    assert [g.method for g in alone[3:]] == ["linear", "ties", "ties"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -253,6 +274,32 @@ def test_single_task_search_writes_recipe_report_and_smac_files(tmp_path):
     shown = run_cli("evaluate", str(run / "best.yaml"), "--tasks", str(path), "--split", "test")
     assert done.returncode == 0, shown.stderr
     assert f"{scores['dice']['MedSAMix']['mr_white_matter']['test']:.4f}" in shown.stdout
+    # ... beside each of its inputs, under its training convention, as the report scored them.
+    for name in ("base", "ct_specialist", "mr_specialist"):
+        line = next(line for line in shown.stdout.splitlines() if line.startswith(f"│ {name} "))
+        assert scores["conventions"][name] in line
+        assert f"{scores['dice'][name]['mr_white_matter']['test']:.4f}" in line
+
+
+def test_the_pick_is_never_below_a_baseline_the_report_scores(tmp_path):
+    # medsam first: the uniform baselines under sam (the best ones on this task) are the second convention searched.
+    settings = {
+        "methods": ["linear", "ties", "pick"],
+        "normalizations": ["medsam", "sam"],
+        "initial_design": {"lambdas": [0.5], "random": 0},
+    }
+    config = load_search_config(write_config(tmp_path, ["mr_white_matter"], trials=12, **settings))
+    result = Search(config, progress=False).run()
+    scores = json.loads((tmp_path / "run" / "report" / "scores.json").read_text())
+    calibration = {row: tasks["mr_white_matter"]["calibration"] for row, tasks in scores["dice"].items()}
+    picked = calibration.pop("MedSAMix")
+    assert picked == result.best_dice["mr_white_matter"]
+    assert set(calibration) == {"base", "ct_specialist", "mr_specialist", "uniform linear", "uniform ties"}
+    assert all(picked >= score for score in calibration.values()), calibration
+    # Each score the report shows is one the search measured: a trial of the journal recorded exactly it.
+    measured = [e["dice"]["mr_white_matter"] for e in journal(tmp_path / "run")]
+    for row, score in calibration.items():
+        assert any(abs(score - m) < 1e-12 for m in measured), row
 
 
 def test_evaluate_a_checkpoint_matches_the_zoo_premise_table(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, reduce
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,16 @@ def flat_layout(arch: SamArchitecture) -> FlatLayout:
     return FlatLayout({k: shapes[k] for k in spans}, spans)
 
 
+def state_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The dtype that holds every floating-point tensor of `state` exactly."""
+    return reduce(torch.promote_types, (v.dtype for v in state.values() if v.is_floating_point()))
+
+
+def widest(*dtypes: torch.dtype) -> torch.dtype:
+    """float32, or wider where one of `dtypes` is: where inputs of different dtypes meet."""
+    return reduce(torch.promote_types, dtypes, torch.float32)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -76,15 +86,17 @@ class MergeEngine:
         flats: Sequence[torch.Tensor],
         buffers: Mapping[str, torch.Tensor],
         chunk_numel: int | None = None,
+        output_dtype: torch.dtype | None = None,
     ) -> None:
         self.arch = arch
         self.names = list(names)
         self.layout = flat_layout(arch)
         self.inputs = list(flats)
         self.device = self.inputs[0].device
-        self.dtype = self.inputs[0].dtype
+        self.dtype = output_dtype or self.inputs[0].dtype  # what a merge is written in
         self.buffers = {k: v.to(self.device) for k, v in buffers.items()}
-        self.output = torch.empty_like(self.inputs[0])
+        self.output_buffers = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in self.buffers.items()}
+        self.output = torch.empty_like(self.inputs[0], dtype=self.dtype)
         self.chunk_numel = chunk_numel or (GPU_CHUNK if self.device.type == "cuda" else CPU_CHUNK)
         self._chunks: dict[tuple[str, int], list[tuple[int, int, Packing]]] = {}
 
@@ -98,28 +110,37 @@ class MergeEngine:
     ) -> MergeEngine:
         """Pack each checkpoint as it arrives (a generator keeps only one unpacked input in memory at a time).
 
-        All inputs must share one architecture; they are stored in `dtype` (default: the base's dtype).
+        All inputs must share one architecture. A merge is written in `dtype` (default: the base's) and rounded into
+        it once: inputs are kept in their dtype while they all share it and it is `dtype` (the methods widen half
+        precision to float32 themselves), else in float32 (or wider), so no input is rounded to another's dtype
+        before its task vector is taken.
         """
         device = torch.device(device) if device is not None else default_device()
         names: list[str] = []
         flats: list[torch.Tensor] = []
         arch: SamArchitecture | None = None
         buffers: dict[str, torch.Tensor] = {}
+        stored = torch.float32
         for name, checkpoint in checkpoints:
+            own = state_dtype(checkpoint.state_dict)
             if arch is None:
                 arch = checkpoint.arch
-                dtype = dtype or next(iter(checkpoint.state_dict.values())).dtype
+                dtype = dtype or own
+                stored = own if own == dtype else widest(own, dtype)
                 buffers = {k: checkpoint.state_dict[k].clone() for k in state_layout(arch).buffers}
             elif checkpoint.arch != arch:
                 raise MergeError(
                     f"inputs have different architectures: {names[0]} is {arch.name} but {name} is "
                     f"{checkpoint.arch.name}; all inputs of a merge must be fine-tunes of one architecture"
                 )
+            elif own != stored:
+                stored = widest(stored, own)
+                flats = [flat.to(stored) for flat in flats]
             names.append(name)
-            flats.append(flat_layout(arch).pack(checkpoint.state_dict, dtype, device))
+            flats.append(flat_layout(arch).pack(checkpoint.state_dict, stored, device))
         if arch is None or len(flats) < 2:
             raise MergeError("a merge needs a base model and at least one fine-tuned model")
-        return cls(arch, names, flats, buffers, chunk_numel)
+        return cls(arch, names, flats, buffers, chunk_numel, dtype)
 
     def _group_chunks(self, group: LayerGroup, seed: int) -> list[tuple[int, int, Packing]]:
         """The group's tensors cut into runs of whole tensors of at most `chunk_numel` elements (cached).
@@ -163,7 +184,7 @@ class MergeEngine:
                     error.add_note(f"while merging layer group {group.name} with {method.name}")
                     raise
                 self.output[start:stop].copy_(merged)
-        return {**self.layout.views(self.output), **self.buffers}
+        return {**self.layout.views(self.output), **self.output_buffers}
 
     def input_state(self, index: int) -> dict[str, torch.Tensor]:
         """Input `index` (0 = base) as a state dict: views of its resident flat tensor plus the base's buffers."""
@@ -177,8 +198,11 @@ class MergeEngine:
         return self.merge(recipe.plan(self.arch), recipe.seed)
 
 
-def load_recipe_inputs(recipe: Recipe, folder: Path, device: torch.device | str | None = None) -> MergeEngine:
-    """A merge engine over a recipe's input files, checking each file's sha256 against the recipe."""
+def load_recipe_inputs(
+    recipe: Recipe, folder: Path, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> MergeEngine:
+    """A merge engine over a recipe's input files, checking each file's sha256 against the recipe; merges are
+    written in `dtype` (default: the base's)."""
 
     def checkpoints() -> Iterable[tuple[str, Checkpoint]]:
         for model in recipe.inputs:
@@ -190,4 +214,4 @@ def load_recipe_inputs(recipe: Recipe, folder: Path, device: torch.device | str 
                 )
             yield model.name, checkpoint
 
-    return MergeEngine.from_checkpoints(checkpoints(), device=device)
+    return MergeEngine.from_checkpoints(checkpoints(), device=device, dtype=dtype)

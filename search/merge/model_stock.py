@@ -3,7 +3,9 @@
 Per tensor, with task vectors τ_i = θ_i − θ_base of the N fine-tunes and cos the mean pairwise cosine between them:
 t = N·cos / (1 + (N − 1)·cos), clamped to [0, 1], and θ = t·mean_i(θ_i) + (1 − t)·θ_base. A pair involving a zero
 task vector counts as cos = 0 (nothing shared); with one fine-tune, cos = 1, so the result is that fine-tune.
-It has no parameters: the geometry decides.
+It has no parameters: the geometry decides. The clamp is ours: mergekit's `model_stock` uses t unclamped, which
+extrapolates past the fine-tunes' mean or behind the base when the fine-tunes disagree (cos < 0); here t = 0 there
+(the base) and never above 1.
 
 Reference: Jang et al., "Model Stock: All we need is just a few fine-tuned models", https://arxiv.org/abs/2403.19522
 """

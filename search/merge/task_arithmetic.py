@@ -5,8 +5,11 @@ With task vectors τ_t = θ_t − θ_base (fine-tunes only):
 1. sparsify each τ_t: keep all (task arithmetic), the round(density·n) largest magnitudes of each tensor (TIES;
    entries tied with the threshold are all kept), or each entry with probability `density`, rescaled by
    1/density (DARE; the draw is fixed by recipe seed, tensor name and element index);
-2. combine: the sum Σ_t τ̂_t, or with sign consensus (TIES) the mean of the entries whose sign agrees with
-   sgn(Σ_t τ̂_t) (the "disjoint mean");
+2. combine: the sum Σ_t w_t τ̂_t, or with sign consensus (TIES, DARE-TIES) the weighted mean of the entries whose
+   sign agrees with the elected sign s = sgn(Σ_t w_t τ̂_t), entry by entry (the "disjoint mean"):
+   Σ_{t agrees} w_t τ̂_t / Σ_{t agrees} w_t, where t agrees when w_t τ̂_t is nonzero with sign s (0 where none does).
+   The divisor is the sum of the agreeing models' weights, as in mergekit's `generalized_task_arithmetic`
+   (with all weights 1 it is the count of agreeing entries, the paper's TIES);
 3. θ = θ_base + λ · combined.
 
 References: task arithmetic https://arxiv.org/abs/2212.04089, TIES https://arxiv.org/abs/2306.01708,
@@ -61,8 +64,10 @@ def task_vector_merge(
     anchor = base.to(wide)
     tau = torch.stack(models).to(wide)
     tau -= anchor
+    column = None  # the per-model weights as an (n, 1) column, when any differs from 1
     if weights is not None and any(w != 1.0 for w in weights):
-        tau *= torch.tensor(weights, dtype=wide, device=tau.device).view(-1, *([1] * (tau.dim() - 1)))
+        column = torch.tensor(weights, dtype=wide, device=tau.device).view(-1, *([1] * (tau.dim() - 1)))
+        tau *= column
     # 0/1 factors in a float buffer: `torch.ge(..., out=float)` and a multiply are several times faster on CPU
     # than a bool mask with masked_fill.
     flags = torch.empty_like(tau) if sparsify != "none" or consensus else None
@@ -78,8 +83,11 @@ def task_vector_merge(
         elected = torch.sign(tau.sum(0))
         tau *= elected
         tau.clamp_(min=0)  # what remains is the magnitude of the entries that agree with the elected sign
-        count = torch.gt(tau, 0, out=flags).sum(0).clamp_(min=1)
-        combined = tau.sum(0).mul_(elected).div_(count)
+        agree = torch.gt(tau, 0, out=flags)
+        if column is not None:
+            agree *= column
+        divisor = agree.sum(0)
+        combined = tau.sum(0).mul_(elected).div_(divisor.masked_fill_(divisor == 0, 1))
     else:
         combined = tau.sum(0)
     return torch.add(anchor, combined, alpha=params["lambda"]).to(base.dtype)
