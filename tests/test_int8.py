@@ -26,7 +26,7 @@ from tests.test_export import medsamix, one_line_error
 from tests.test_gate import tasks_file
 
 DEMO = Path(__file__).parents[1] / "models" / "demo"
-# One of the demo's tasks on which its merge beats its inputs (0.817 against 0.808), so the merge gate passes too.
+# One of the demo's tasks on which its merge beats its inputs (0.815 against 0.808), so the merge gate passes too.
 TASKS = ["ct_spleen"]
 # Largest relative error (max |int8 - float32| / max |float32|) of the int8 demo's embeddings on held-out slices
 # (0.0073 measured on every third held-out slice of all five tasks).
