@@ -204,11 +204,11 @@ class Search:
             )
         return True
 
-    def _claim_output(self) -> None:
+    def _claim_output(self, resumes: bool) -> None:
         """Mark the output folder as this search's, after its checkpoints, tasks and space proved valid: a
         configuration refused on the way (a missing file, a bad task) leaves no marker that its fixed version
         would then be refused by."""
-        if self._resumes():
+        if resumes:
             return
         if self.overwrite and self.out.exists():
             shutil.rmtree(self.out)
@@ -276,12 +276,12 @@ class Search:
     # The loop
     # -------------------------------------------------------------------------------------------------------------
     def run(self) -> SearchResult:
-        self._resumes()
+        resumes = self._resumes()
         runner = TrialRunner.shared(self.config)
         base, models = self._input_models(runner)
         space = SearchSpace(runner.engine.arch, base, models, self.config.space_spec(), self.config.seed)
         low, high = self._budgets(runner)
-        self._claim_output()
+        self._claim_output(resumes)
         smac, multi_fidelity = self._facade(space, low, high)
         recorded = self.journal.read()
         entries = self._replay(smac, recorded, multi_fidelity)
