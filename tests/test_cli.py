@@ -110,6 +110,20 @@ def test_methods_and_groups_listings() -> None:
     assert "vit_b: 15 groups" in groups.stdout and "image_encoder.blocks.10-11" in groups.stdout
 
 
+def test_commands_that_need_no_model_never_import_torch() -> None:
+    """`--help` and `methods` answer at once: torch (about 3 s to import) loads only where a model or tensor is used."""
+    probe = (  # atexit: argparse's --help leaves through SystemExit
+        "import atexit, sys; atexit.register(lambda: print('torch ran:', 'torch._C' in sys.modules)); "
+        "from search.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    for args in (["methods"], ["merge", "--help"], ["--help"]):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, env={"COLUMNS": "200"}, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-1] == "torch ran: False", args
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_written_files_take_the_users_umask(tiny_inputs, tmp_path: Path, umask: int) -> None:
     names = [f"{n}={tiny_inputs[n]}" for n in ("sam", "medsam")]

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from search.errors import MergeError
+from search.lazy import lazy_module
 from search.merge.packing import Packing
 
-MethodFunction = Callable[..., torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # on first use: see search/lazy.py
+
+MethodFunction = Callable[..., "torch.Tensor"]
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,16 @@ Reference: Wortsman et al., "Model soups", https://arxiv.org/abs/2203.05482
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from search.lazy import lazy_module
 from search.merge.base import FloatParam, MergeMethod, compute_dtype, normalized, register
 from search.merge.packing import Packing
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # on first use: see search/lazy.py
 
 
 def linear(

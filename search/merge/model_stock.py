@@ -12,10 +12,16 @@ Reference: Jang et al., "Model Stock: All we need is just a few fine-tuned model
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from search.lazy import lazy_module
 from search.merge.base import MergeMethod, compute_dtype, register
 from search.merge.packing import Packing
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # on first use: see search/lazy.py
 
 
 def model_stock(base: torch.Tensor, models: list[torch.Tensor], packing: Packing) -> torch.Tensor:

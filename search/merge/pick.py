@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from search.lazy import lazy_module
 from search.merge.base import InputChoice, MergeMethod, register
 from search.merge.packing import Packing
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # on first use: see search/lazy.py
 
 
 def pick(base: torch.Tensor, models: list[torch.Tensor], packing: Packing, *, model: int) -> torch.Tensor:

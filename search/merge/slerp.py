@@ -18,15 +18,22 @@ Reference: Shoemake 1985 (two inputs); Buss & Fillmore, "Spherical averages", AC
 
 from __future__ import annotations
 
-import torch
+import math
+from typing import TYPE_CHECKING
 
+from search.lazy import lazy_module
 from search.merge.base import FloatParam, MergeMethod, compute_dtype, normalized, register
 from search.merge.packing import Packing
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # on first use: see search/lazy.py
 
 TOLERANCE = 1e-12
 MAX_STEPS = 100
 TINY = 1e-30
-ANTIPODAL = torch.pi - 1e-6
+ANTIPODAL = math.pi - 1e-6
 
 
 def spherical_mean_coefficients(cosines: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

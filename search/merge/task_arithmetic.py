@@ -20,12 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
+from search.lazy import lazy_module
 from search.merge.base import FloatParam, MergeMethod, compute_dtype, register
 from search.merge.packing import Packing, kth_largest
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # on first use: see search/lazy.py
 
 Sparsify = Literal["none", "magnitude", "random"]
 
