@@ -386,6 +386,28 @@ def test_bento_metadata(bento):
     assert "onnxruntime" in names and not names & (FORBIDDEN - {"onnxruntime"})
 
 
+def test_the_bento_serves_as_its_container_does_and_passes_the_smoke_check(bento, bentofile, tmp_path):
+    """What `bentoml containerize`'s CPU image runs (`bentoml serve $BENTO_PATH`, the bentofile's envs set), here
+    without the engine: the Bento's folder served from elsewhere, then CI's smoke check against it (the CT slice's
+    mask equals the service's own steps run on this checkout's demo model)."""
+    from service.local import serve
+
+    env = {e["name"]: e["value"] for e in bentofile["envs"]}
+    assert env["MEDSAMIX_DEVICE"] == "cpu" and not Path(env["MEDSAMIX_MODELS"]).is_absolute()  # the Bento's own store
+    env["BENTOML_HOME"] = str(tmp_path / "home")  # BentoML keeps its Prometheus files here: one per server
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    with serve(env, tmp_path / "serve.log", target=str(bento), cwd=elsewhere) as server:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / ".github" / "smoke.py"), server.url, "--timeout", "60"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "answered the expected mask" in proc.stdout
+
+
 def test_the_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Set up and test") :]
