@@ -25,9 +25,10 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The serving runtime only (pyproject's `serve` extra with onnxruntime-gpu in place of onnxruntime; never the `search`
-# extra, never torch). onnxruntime-gpu is pinned exactly because it must match the base image's CUDA major; the rest
-# carry the same lower bounds as bentofile.yaml.
+# The serving runtime only: pyproject's base dependencies and `serve` extra, version for version (checked by
+# tests/test_packaging.py; change pyproject first), with onnxruntime-gpu in place of onnxruntime; never the `search`
+# extra, never torch.
+# onnxruntime-gpu is pinned exactly because it must match the base image's CUDA major.
 # (jammy's ensurepip brings pip 22.0; a current pip resolves this set faster and knows newer wheel tags.)
 RUN python3.11 -m venv "$VIRTUAL_ENV" \
     && pip install --no-cache-dir --upgrade "pip>=24" \

@@ -77,16 +77,25 @@ def _status(url: str) -> int | None:
 
 
 @contextmanager
-def serve(env: Mapping[str, str], log: Path, timeout: float = 180.0, ready: bool = True) -> Iterator[LocalServer]:
+def serve(
+    env: Mapping[str, str],
+    log: Path,
+    timeout: float = 180.0,
+    ready: bool = True,
+    target: str = ENTRY,
+    cwd: Path = ROOT,
+) -> Iterator[LocalServer]:
     """A server with `env` (MEDSAMIX_* settings) on 127.0.0.1, its output in `log`; waits until /readyz answers
-    200 (or, with `ready=False`, until /livez does), and stops the whole process group on exit."""
+    200 (or, with `ready=False`, until /livez does), and stops the whole process group on exit. `target` is what
+    `bentoml serve` is given, run in `cwd`: the service of this checkout, or a built Bento's folder (as the image
+    `bentoml containerize` makes serves it)."""
     port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", ENTRY, "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     home = None if "BENTOML_HOME" in env else tempfile.mkdtemp(prefix="medsamix-bentoml-home-")
     environment = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **({"BENTOML_HOME": home} if home else {}), **env}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -154,7 +154,7 @@ def test_dockerfile_base_is_a_pinned_cuda_cudnn_runtime(dockerfile):
     )
 
 
-def test_dockerfile_installs_onnxruntime_gpu_and_never_torch(dockerfile, bentofile):
+def test_dockerfile_installs_onnxruntime_gpu_and_never_torch(dockerfile):
     installs = pip_installs(dockerfile)
     assert installs, "the Dockerfile installs nothing with pip"
     for args in installs:
@@ -168,9 +168,6 @@ def test_dockerfile_installs_onnxruntime_gpu_and_never_torch(dockerfile, bentofi
     assert len(ort) == 1 and str(ort[0].specifier).startswith("=="), (
         "onnxruntime-gpu must be pinned exactly: it has to match the base image's CUDA major"
     )
-    # The same runtime as the Bento's, with the GPU build of onnxruntime in place of the CPU one.
-    bento_names = {canonicalize_name(Requirement(p).name) for p in bentofile["python"]["packages"]}
-    assert names == (bento_names - {"onnxruntime"}) | {"onnxruntime-gpu"}
 
 
 def test_dockerfile_apt_is_lean(dockerfile):
@@ -247,6 +244,90 @@ def test_every_hadolint_ignore_says_why():
             )
 
 
+# --- one list of serve dependencies ----------------------------------------------------------------------------------
+#
+# pyproject.toml's base `dependencies` plus its `serve` extra are the serving runtime; bentofile.yaml (the CPU Bento)
+# and the Dockerfile (the GPU image) repeat it because neither can read pyproject. They must agree with it version
+# for version, not only by name: a looser bound in one of them installs a release the tests never ran against.
+
+
+def requirement_table(lines: list[str] | list[Requirement], where: str) -> dict[str, str]:
+    """canonical name -> what is asked of it (extras, version range, marker), as `packaging` normalises it (so
+    `bentoml<1.5,>=1.4` and `bentoml>=1.4,<1.5` ask the same); a package listed twice is an error."""
+    table: dict[str, str] = {}
+    for line in lines:
+        req = line if isinstance(line, Requirement) else Requirement(line)
+        name = canonicalize_name(req.name)
+        assert name not in table, f"{where} lists {name} twice"
+        extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+        table[name] = extras + (str(req.specifier) or "any version") + (f"; {req.marker}" if req.marker else "")
+    return table
+
+
+def serve_runtime() -> dict[str, str]:
+    """The one source: pyproject's base dependencies and its `serve` extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return requirement_table(project["dependencies"] + project["optional-dependencies"]["serve"], "pyproject.toml")
+
+
+def drift(expected: dict[str, str], found: dict[str, str]) -> list[str]:
+    """Each disagreement as one line: a package only on one side, or asked for differently."""
+    lines = [f"{name}: missing (pyproject has {expected[name]!r})" for name in expected.keys() - found]
+    lines += [f"{name}: not in pyproject's serve runtime" for name in found.keys() - expected]
+    lines += [
+        f"{name}: {found[name]!r} where pyproject has {expected[name]!r}"
+        for name in expected.keys() & found
+        if found[name] != expected[name]
+    ]
+    return sorted(lines)
+
+
+def test_bentofile_packages_are_pyprojects_serve_runtime(bentofile):
+    # No exception: the Bento is the CPU build, exactly what `pip install .[serve]` installs.
+    differences = drift(serve_runtime(), requirement_table(bentofile["python"]["packages"], "bentofile.yaml"))
+    assert not differences, "bentofile.yaml disagrees with pyproject.toml:\n" + "\n".join(differences)
+
+
+# The Dockerfile's known differences from pyproject's serve runtime, each for a reason:
+# - onnxruntime (CPU) is replaced by onnxruntime-gpu pinned exactly: the wheel must match the base image's CUDA and
+#   cuDNN majors (the Dockerfile's header says which), and both must not be installed together (the CPU wheel would
+#   shadow the GPU one's providers).
+# - pip is upgraded first in its own `pip install` (jammy's ensurepip pip is too old to know current wheel tags); it
+#   is the installer, not part of the runtime.
+DOCKER_REPLACES = {"onnxruntime": "onnxruntime-gpu"}
+DOCKER_INSTALLER = {"pip"}
+
+
+def docker_runtime(instructions: list[Instruction]) -> dict[str, str]:
+    reqs = [r for args in pip_installs(instructions) for r in requirement_args(args)]
+    runtime = [r for r in reqs if canonicalize_name(r.name) not in DOCKER_INSTALLER]
+    return requirement_table(runtime, "the Dockerfile")
+
+
+def test_dockerfile_installs_pyprojects_serve_runtime_with_onnxruntime_gpu(dockerfile):
+    found = docker_runtime(dockerfile)
+    # Its exact pin is test_dockerfile_installs_onnxruntime_gpu_and_never_torch's to check.
+    assert found.pop(DOCKER_REPLACES["onnxruntime"], None), "the Dockerfile must install onnxruntime-gpu"
+    expected = {name: spec for name, spec in serve_runtime().items() if name not in DOCKER_REPLACES}
+    differences = drift(expected, found)
+    assert not differences, "the Dockerfile disagrees with pyproject.toml:\n" + "\n".join(differences)
+
+
+def test_drift_is_seen_version_for_version():
+    """The comparison itself: a looser bound, a missing package and an extra one are each reported."""
+    source = requirement_table(["bentoml>=1.4,<1.5", "pydicom>=3.0"], "source")
+    assert drift(source, requirement_table(["bentoml<1.5,>=1.4", "pydicom>=3.0"], "same")) == []
+    assert drift(source, requirement_table(["bentoml>=1.3", "pydicom>=3.0"], "looser")) == [
+        "bentoml: '>=1.3' where pyproject has '<1.5,>=1.4'"
+    ]
+    assert drift(source, requirement_table(["bentoml>=1.4,<1.5", "torch"], "other")) == [
+        "pydicom: missing (pyproject has '>=3.0')",
+        "torch: not in pyproject's serve runtime",
+    ]
+    with pytest.raises(AssertionError, match="twice"):
+        requirement_table(["numpy>=1.26", "NumPy>=2"], "doubled")
+
+
 # --- bentoml build ---------------------------------------------------------------------------------------------------
 
 
@@ -256,9 +337,6 @@ def test_bentofile_names_the_service_and_the_serve_runtime(bentofile):
     names = {canonicalize_name(Requirement(p).name) for p in bentofile["python"]["packages"]}
     assert not names & (FORBIDDEN - {"onnxruntime"})
     assert {"bentoml", "onnxruntime", "pydicom", "highdicom", "numpy"} <= names
-    serve = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
-    missing = {canonicalize_name(Requirement(r).name) for r in serve} - names
-    assert not missing, f"bentofile.yaml lacks pyproject's serve requirements {sorted(missing)}"
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +384,28 @@ def test_bento_metadata(bento):
     lines = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
     names = {canonicalize_name(Requirement(r).name) for r in map(str.strip, lines) if r and r[0] not in "-#"}
     assert "onnxruntime" in names and not names & (FORBIDDEN - {"onnxruntime"})
+
+
+def test_the_bento_serves_as_its_container_does_and_passes_the_smoke_check(bento, bentofile, tmp_path):
+    """What `bentoml containerize`'s CPU image runs (`bentoml serve $BENTO_PATH`, the bentofile's envs set), here
+    without the engine: the Bento's folder served from elsewhere, then CI's smoke check against it (the CT slice's
+    mask equals the service's own steps run on this checkout's demo model)."""
+    from service.local import serve
+
+    env = {e["name"]: e["value"] for e in bentofile["envs"]}
+    assert env["MEDSAMIX_DEVICE"] == "cpu" and not Path(env["MEDSAMIX_MODELS"]).is_absolute()  # the Bento's own store
+    env["BENTOML_HOME"] = str(tmp_path / "home")  # BentoML keeps its Prometheus files here: one per server
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    with serve(env, tmp_path / "serve.log", target=str(bento), cwd=elsewhere) as server:
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / ".github" / "smoke.py"), server.url, "--timeout", "60"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "answered the expected mask" in proc.stdout
 
 
 def test_the_readme_test_command_is_what_ci_runs() -> None:
