@@ -199,10 +199,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from search.config import load_conventions, load_task_specs
-    from search.data import load_task
     from search.errors import ExportError
     from search.export import export_model, load_source, parse_task
-    from search.gate import quality_gate
     from search.quantize import Int8Plan
 
     if args.tasks and args.task:
@@ -217,36 +215,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         )
     source = load_source(args.source, args.normalization)
     tasks = dict(parse_task(spec) for spec in args.task)
-    gate, scores, int8 = None, {}, None
-    if args.tasks:
-        specs = load_task_specs(args.tasks)
-        tasks = {spec.name: spec.preset for spec in specs}
-        folder = Path(args.source).resolve().parent
-        gate = quality_gate(
-            source.state, source.arch, source.normalization, source.recipe, folder, specs, load_conventions(args.tasks)
-        )
-        model = gate["model"]
-        if not gate["passed"]:
-            best = gate["inputs"][gate["best_input"]]
-            verdict = (
-                f"the model's mean held-out Dice {model['mean']:.4f} over {len(specs)} task(s) does not beat its best "
-                f"input '{gate['best_input']}' ({best['mean']:.4f})"
-            )
-            if not args.force:
-                raise ExportError(f"{verdict}; nothing was written (pass --force to export it anyway)")
-            console.print(f"warning: {verdict}; exported because of --force")
-        gate["forced"] = args.force and not gate["passed"]
-        scores = {t: {"split": gate["split"], "dice": d, "cases": gate["cases"][t]} for t, d in model["dice"].items()}
-        if args.int8:
-            loaded = {spec.name: load_task(spec) for spec in specs}
-            int8 = Int8Plan(
-                {n: t[0] for n, t in loaded.items()}, {n: t[1] for n, t in loaded.items()}, force=args.force
-            )
-    elif source.recipe is not None and not args.force:
-        raise ExportError(
-            "exporting a merge checks that it beats its inputs on held-out cases: give --tasks FILE (e.g. the search "
-            "configuration), or --force to export without the check"
-        )
+    specs = load_task_specs(args.tasks) if args.tasks else []
     out = export_model(
         source,
         args.name,
@@ -254,11 +223,12 @@ def cmd_export(args: argparse.Namespace) -> None:
         geometry=args.geometry,
         tasks=list(tasks),
         presets={task: preset for task, preset in tasks.items() if preset},
-        scores=scores,
-        gate=gate,
         report=Path(args.report) if args.report else source.report,
+        specs=specs,
+        conventions=load_conventions(args.tasks) if args.tasks else {},
+        force=args.force,
         fp16=args.fp16,
-        int8=int8,
+        int8=Int8Plan.of(specs, force=args.force) if args.int8 else None,
         overwrite=args.overwrite,
         version=args.model_version,
     )

@@ -49,8 +49,10 @@ from segment_anything.modeling import PromptEncoder, Sam
 
 from search.architectures import SamArchitecture, build_sam
 from search.checkpoints import DROPPED_KEYS, load_checkpoint
+from search.data import DataSpec
 from search.errors import ExportError
 from search.evaluate import SCORED_PROMPTS, decode_boxes
+from search.gate import quality_gate
 from search.io import atomic_write_dir
 from search.merge.engine import load_recipe_inputs
 from search.quantize import QUANTIZED_OP_TYPES, Int8Plan, int8_gate, quantize_encoder
@@ -428,6 +430,35 @@ def _quantize(folder: Path, plan: Int8Plan, geometry: str, size: int, metadata: 
     return record
 
 
+def _gate(
+    source: ExportSource, specs: Sequence[DataSpec], conventions: Mapping[str, str], force: bool
+) -> dict[str, Any] | None:
+    """The quality gate's record of `source` on `specs` (`search.gate`; None without specs), `forced` added.
+
+    A merge is published only if it beats its inputs on held-out cases: one that does not, or one given no specs to
+    check it on, is an ExportError unless `force`. A bare checkpoint has no inputs to beat."""
+    if not specs:
+        if source.recipe is not None and not force:
+            raise ExportError(
+                "exporting a merge checks that it beats its inputs on held-out cases: give --tasks FILE (e.g. the "
+                "search configuration), or --force to export without the check"
+            )
+        return None
+    folder = source.folder or Path(".")
+    gate = quality_gate(source.state, source.arch, source.normalization, source.recipe, folder, specs, conventions)
+    if not gate["passed"]:
+        model, best = gate["model"], gate["inputs"][gate["best_input"]]
+        verdict = (
+            f"the model's mean held-out Dice {model['mean']:.4f} over {len(specs)} task(s) does not beat its best "
+            f"input '{gate['best_input']}' ({best['mean']:.4f})"
+        )
+        if not force:
+            raise ExportError(f"{verdict}; nothing was written (pass --force to export it anyway)")
+        warnings.warn(f"{verdict}; exported because it was forced", stacklevel=3)
+    gate["forced"] = force and not gate["passed"]
+    return gate
+
+
 def export_model(
     source: ExportSource,
     name: str,
@@ -438,7 +469,9 @@ def export_model(
     presets: Mapping[str, str] | None = None,
     scores: Mapping[str, Mapping[str, Any]] | None = None,
     report: Path | None = None,
-    gate: Mapping[str, Any] | None = None,
+    specs: Sequence[DataSpec] = (),
+    conventions: Mapping[str, str] | None = None,
+    force: bool = False,
     fp16: bool = False,
     int8: Int8Plan | None = None,
     overwrite: bool = False,
@@ -449,9 +482,11 @@ def export_model(
 
     `geometry` defaults to the normalisation's namesake (as in the evaluator). `tasks` are what the model was merged
     for (the service routes prompts by them), `presets` maps some of them to their intensity preset, `scores` maps
-    some of them to {"split": ..., metric: value, ...}, `gate` is the quality gate's comparison (`search.gate`),
-    recorded as it is; `int8` quantizes the encoder (module docstring). An existing model is refused unless
-    `overwrite`, then replaced in one step. On any failure, a refused int8 gate included, nothing is left behind.
+    some of them to {"split": ..., metric: value, ...}. `specs` (a task file's, with the `conventions` of the
+    merge's inputs: `search.config`) give all three instead, from the quality gate, whose comparison the manifest
+    records: a merge is refused unless it beats its inputs on them (no specs: always), or `force`. `int8` quantizes
+    the encoder (module docstring). An existing model is refused unless `overwrite`, then replaced in one step. On
+    any failure, a refused gate included, nothing is left behind.
     """
     _check_name(name)
     if int8 is not None and fp16:
@@ -461,16 +496,25 @@ def export_model(
             "an int8 export checks its Dice against float32 on held-out cases: give the tasks' held-out split, or "
             "force it to export without the check"
         )
+    if specs and (tasks or presets or scores):
+        raise ExportError("task specs give the model's tasks, presets and scores: give specs or those, not both")
     out = Path(out)
     if (out / name).exists() and not overwrite:
         raise ExportError(f"{out / name} already exists; choose another name or pass --overwrite to replace it")
     geometry = geometry or source.normalization
+    if specs:
+        tasks, presets = [spec.name for spec in specs], {spec.name: spec.preset for spec in specs if spec.preset}
     presets = dict(presets or {})
     try:
         imaging.get_geometry(geometry)
         check_tasks(tasks, presets, scores or {}, f"model {name}")
     except (imaging.ImagingError, StoreError) as error:
         raise ExportError(str(error)) from None
+    gate = _gate(source, specs, conventions or {}, force)
+    if gate is not None:
+        scores = {
+            t: {"split": gate["split"], "dice": d, "cases": gate["cases"][t]} for t, d in gate["model"]["dice"].items()
+        }
     arch = source.arch
     grid = arch.embedding_size
     # The recipe as it will lie in the model's folder: its input paths made to start there, so it replays from it.
@@ -493,7 +537,7 @@ def export_model(
         "scores": {task: dict(score) for task, score in (scores or {}).items()},
         "recipe": recipe.model_dump(mode="json", exclude_none=True) if recipe else None,
         "inputs": inputs,
-        "quality_gate": dict(gate) if gate is not None else None,
+        "quality_gate": gate,
         # What the scores and the gate were measured with (none: nothing was scored); the decoder takes all kinds.
         "scored_prompts": list(SCORED_PROMPTS) if scores or gate is not None else [],
         "quantization": None,

@@ -25,6 +25,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from search.data import DataSpec, load_task
 from search.evaluate import case_mean, dice
 from search.tasks import Task
 from service import imaging
@@ -51,6 +52,12 @@ class Int8Plan:
     held_out: Mapping[str, Task] = field(default_factory=dict)
     tolerance: float = TOLERANCE
     force: bool = False
+
+    @classmethod
+    def of(cls, specs: Sequence[DataSpec], force: bool = False) -> Int8Plan:
+        """The plan of a task file's tasks: each split by case as `search.data.load_task` splits it."""
+        loaded = {spec.name: load_task(spec) for spec in specs}
+        return cls({n: t[0] for n, t in loaded.items()}, {n: t[1] for n, t in loaded.items()}, force=force)
 
 
 def model_inputs(tasks: Mapping[str, Task], geometry: str, size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -85,8 +85,8 @@ def _decode_here(header: dict[str, Any], codestream: bytes) -> tuple[dict[str, A
     array, meta = get_decoder(syntax).as_array(
         encapsulate([codestream]),
         index=0,
-        transfer_syntax_uid=syntax,
-        pixel_keyword="PixelData",
+        transfer_syntax_uid=syntax,  # type: ignore[arg-type]  # pydicom types **kwargs as DecodeOptions
+        pixel_keyword="PixelData",  # type: ignore[arg-type]  # pydicom types **kwargs as DecodeOptions
         **{**options, "number_of_frames": 1},
     )
     array = np.ascontiguousarray(array)

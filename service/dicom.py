@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pydicom
@@ -218,7 +218,9 @@ def _truncated(ds: Dataset, size: int) -> bool:
 
 def _value_offset(element: RawDataElement | DataElement) -> int:
     """Where `element`'s value starts in the file pydicom read it from."""
-    return element.value_tell if isinstance(element, RawDataElement) else element.file_tell
+    offset = element.value_tell if isinstance(element, RawDataElement) else element.file_tell
+    assert offset is not None, "every element of a dataset pydicom read from a file has its offset"
+    return offset
 
 
 def _integer(ds: Dataset, keyword: str, default: int | None = None) -> int:
@@ -325,7 +327,8 @@ def read_dicom(source: Source, limits: Limits = Limits(), budget: PixelBudget | 
             HTTPStatus.UNPROCESSABLE_ENTITY,
         )
     check_per_frame_groups(ds, frames)
-    pixels = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    # Raw: nothing has read the value yet (pydicom's overload says DataElement, its implementation returns either).
+    pixels = cast(RawDataElement, ds.get_item(PIXEL_DATA, keep_deferred=True))
     if decoder.is_native:
         expected = get_expected_length(ds, "bytes")
         found = min(pixels.length, size - pixels.value_tell)
@@ -472,9 +475,9 @@ class DicomImage:
                 array, meta = self._decoder.as_array(
                     stream,
                     index=frame,
-                    transfer_syntax_uid=self._syntax,
-                    pixel_keyword="PixelData",
-                    pixel_vr=self._pixels.VR,
+                    transfer_syntax_uid=self._syntax,  # type: ignore[arg-type]  # pydicom types **kwargs as DecodeOptions
+                    pixel_keyword="PixelData",  # type: ignore[arg-type]  # pydicom types **kwargs as DecodeOptions
+                    pixel_vr=self._pixels.VR,  # type: ignore[arg-type]  # pydicom types **kwargs as DecodeOptions
                     **options,
                 )
             else:

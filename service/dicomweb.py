@@ -190,9 +190,13 @@ class Pacs:
             )
         refs = [(_value(item, SERIES_INSTANCE_UID), _value(item, SOP_INSTANCE_UID)) for item in found]
         if not refs:
-            raise RequestError(f"expected PACS '{self.name}' to list instances, it has none there", 404)
+            raise RequestError(
+                f"expected PACS '{self.name}' to list instances, it has none there", HTTPStatus.NOT_FOUND
+            )
         if not all(all(isinstance(uid, str) for uid in ref) for ref in refs):
-            raise RequestError(f"expected PACS '{self.name}' to list each instance's UIDs, some lack them", 502)
+            raise RequestError(
+                f"expected PACS '{self.name}' to list each instance's UIDs, some lack them", HTTPStatus.BAD_GATEWAY
+            )
         return refs  # type: ignore[return-value]
 
     def study_of(self, series: str) -> str:
@@ -204,9 +208,13 @@ class Pacs:
             )
         studies = {_value(item, STUDY_INSTANCE_UID) for item in found}
         if not studies:
-            raise RequestError(f"expected PACS '{self.name}' to hold the series, it has none with that UID", 404)
+            raise RequestError(
+                f"expected PACS '{self.name}' to hold the series, it has none with that UID", HTTPStatus.NOT_FOUND
+            )
         if len(studies) > 1 or not all(isinstance(uid, str) for uid in studies):
-            raise RequestError(f"expected PACS '{self.name}' to list the series in one study, found otherwise", 502)
+            raise RequestError(
+                f"expected PACS '{self.name}' to list the series in one study, found otherwise", HTTPStatus.BAD_GATEWAY
+            )
         return studies.pop()  # type: ignore[return-value]
 
     def retrieve(self, study: str, series: str, instance: str) -> bytes:
@@ -223,7 +231,9 @@ class Pacs:
         if failed:
             reason = failed[0].get("FailureReason")
             code = f" (failure reason {int(reason):#06x})" if isinstance(reason, int) else ""
-            raise RequestError(f"expected PACS '{self.name}' to store the SEG, it refused it{code}", 502)
+            raise RequestError(
+                f"expected PACS '{self.name}' to store the SEG, it refused it{code}", HTTPStatus.BAD_GATEWAY
+            )
 
     @contextmanager
     def _call(self, what: str) -> Iterator[None]:

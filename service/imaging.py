@@ -33,6 +33,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "GEOMETRIES",
@@ -77,11 +78,10 @@ class ImagingError(ValueError):
 T = TypeVar("T")
 
 
-def _lookup(registry: Mapping[str, T], kind: str, name: str) -> T:
-    try:
+def _lookup(registry: Mapping[str, T], kind: str, name: object) -> T:
+    if isinstance(name, str) and name in registry:
         return registry[name]
-    except (KeyError, TypeError):
-        raise ImagingError(f"unknown {kind} {name!r}: expected one of {', '.join(registry)}") from None
+    raise ImagingError(f"unknown {kind} {name!r}: expected one of {', '.join(registry)}")
 
 
 def _describe(array: np.ndarray) -> str:
@@ -189,8 +189,8 @@ PRESETS: dict[str, IntensityPreset] = {
 }
 
 
-def get_preset(name: str) -> IntensityPreset:
-    """The intensity preset called `name`; an unknown name fails listing the known ones."""
+def get_preset(name: object) -> IntensityPreset:
+    """The intensity preset called `name` (any value: a manifest's); an unknown name fails listing the known ones."""
     return _lookup(PRESETS, "intensity preset", name)
 
 
@@ -626,7 +626,7 @@ def _first_bad(
     return i, name
 
 
-def check_boxes(boxes: np.ndarray, h: int, w: int, names: Sequence[str] | None = None) -> np.ndarray:
+def check_boxes(boxes: npt.ArrayLike, h: int, w: int, names: Sequence[str] | None = None) -> np.ndarray:
     """Nx4 XYXY boxes in the coordinates of an h x w image -> a float64 copy, or ImagingError naming the first bad
     box (`names[i]`, default 'box i'): non-finite coordinates, zero or negative width or height, or a box reaching
     outside [0, w] x [0, h]."""
@@ -647,7 +647,7 @@ def check_boxes(boxes: np.ndarray, h: int, w: int, names: Sequence[str] | None =
     )
 
 
-def check_points(points: object, h: int, w: int, names: Sequence[str] | None = None) -> np.ndarray:
+def check_points(points: npt.ArrayLike, h: int, w: int, names: Sequence[str] | None = None) -> np.ndarray:
     """Px2 (x, y) points in the coordinates of an h x w image (an empty sequence is no points) -> a float64 copy,
     or ImagingError naming the first bad point (`names[i]`, default 'point i'): non-finite coordinates or a point
     outside [0, w] x [0, h]."""

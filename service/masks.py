@@ -57,4 +57,4 @@ def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
 
 def _is_count(value: object) -> bool:
     """A JSON integer >= 0 (bool is an int in Python but not a count)."""
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, Integral) and not isinstance(value, bool) and int(value) >= 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import numpy as np
 
@@ -77,7 +78,8 @@ def plan(prompt: SeriesPrompt, index: int, slices: int, rows: int, columns: int,
     clicks = [*prompt.foreground, *prompt.background]
     if len(clicks) > max_points:
         raise RequestError(
-            f"prompt {index} has {len(clicks)} clicks; this server takes at most {max_points} per prompt", 413
+            f"prompt {index} has {len(clicks)} clicks; this server takes at most {max_points} per prompt",
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
         )
     low, high, clip = 0, slices - 1, None
     if prompt.box3d is not None:

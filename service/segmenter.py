@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 
 import numpy as np
 
@@ -136,7 +137,9 @@ class Router:
         if model is not None:
             if model not in self.models:
                 known = ", ".join(sorted(self.models)) or "none"
-                raise RequestError(f"the request names a model this server does not serve; it serves: {known}", 404)
+                raise RequestError(
+                    f"the request names a model this server does not serve; it serves: {known}", HTTPStatus.NOT_FOUND
+                )
             served = self.models[model]
         elif task is not None:
             single = sorted(n for n, s in self.models.items() if s.tasks == (task,))
@@ -262,7 +265,8 @@ class Segmenter:
             raise RequestError("expected at least one prompt (a box, clicks or both); the request has none")
         if prompts > self.max_prompts:
             raise RequestError(
-                f"the request has {prompts} prompts; this server takes at most {self.max_prompts} per request", 413
+                f"the request has {prompts} prompts; this server takes at most {self.max_prompts} per request",
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
         if preset is not None and preset not in imaging.PRESETS:
             raise RequestError(
@@ -321,7 +325,7 @@ class Segmenter:
                 raise RequestError(
                     f"prompt {i} has more clicks than this server takes; expected at most {self.max_points} "
                     "foreground and background clicks per prompt",
-                    413,
+                    HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 )
         try:
             return [
@@ -358,7 +362,9 @@ class Segmenter:
                     continue
                 model_input, geometry_frame = served.geometry.prepare(pixels, served.size)
             except imaging.ImagingError as error:
-                raise RequestError(f"frame {frame} cannot be prepared for the model: {error}", 422) from None
+                raise RequestError(
+                    f"frame {frame} cannot be prepared for the model: {error}", HTTPStatus.UNPROCESSABLE_ENTITY
+                ) from None
             jobs.append(EncodeJob(model=name, image=model_input, resized=geometry_frame.resized))
             missing.append((index, cache_key, geometry_frame))
         if jobs:

@@ -18,8 +18,9 @@ import logging
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar, cast
 
 import bentoml
 import highdicom
@@ -173,6 +174,17 @@ def list_models(request: Request) -> ModelList:
 # are checked as DICOM. The SEG answer is application/dicom.
 SegFile = Annotated[Path, ContentType("application/dicom")]
 
+if TYPE_CHECKING:
+    # What an endpoint returns: its response model, or `_answer`'s refusal, a Response that bypasses the output spec.
+    Answer: TypeAlias = T | Response
+else:
+
+    class Answer:
+        """`Answer[M]` is `M` at run time: BentoML documents and serializes an endpoint's result by its model."""
+
+        def __class_getitem__(cls, model: Any) -> Any:
+            return model
+
 
 @bentoml.asgi_app(models_app, path="/")
 @bentoml.service(name="medsamix", workers=1, traffic={"timeout": 300})
@@ -247,7 +259,7 @@ class MedSAMix:
             raise RequestError(
                 "the encoder service is overloaded: it refused images it estimates it cannot encode within "
                 f"{self.settings.max_latency_ms} ms (MEDSAMIX_MAX_LATENCY_MS); retry later",
-                503,
+                HTTPStatus.SERVICE_UNAVAILABLE,
             ) from None
         return embeddings
 
@@ -283,7 +295,7 @@ class MedSAMix:
     @bentoml.api(route="/segment")
     def segment(
         self, file: Path, prompts: list[Prompt], model: str | None = None, preset: str | None = None
-    ) -> SegmentResponse:
+    ) -> Answer[SegmentResponse]:
         """Masks for prompts on a DICOM image: one COCO RLE mask, its area and predicted IoU per prompt.
 
         `file`: a DICOM Part 10 file (single- or multi-frame; native or compressed transfer syntaxes).
@@ -296,14 +308,14 @@ class MedSAMix:
     @bentoml.api(route="/segment/seg")
     def segment_seg(
         self, file: Path, prompts: list[Prompt], model: str | None = None, preset: str | None = None
-    ) -> SegFile:
+    ) -> Answer[SegFile]:
         """The same masks as one DICOM SEG instance (one segment per label) that references the source image.
 
         All prompts of one request must be answered by one model (the SEG names it as its algorithm)."""
         return _answer(lambda: self._dicom_response(self._segmentation(*self._run(file, prompts, model, preset))))
 
     @bentoml.api(route="/segment/dicomweb")
-    def segment_dicomweb(self, request: DicomwebRequest, /) -> DicomwebResponse:
+    def segment_dicomweb(self, request: DicomwebRequest, /) -> Answer[DicomwebResponse]:
         """Retrieve instances of one series from an allowed PACS (WADO-RS), segment them, store one DICOM SEG for
         all of them back (one STOW-RS request, after every instance was segmented: a request that fails part way
         stores nothing) and answer with the SEG's UIDs and the masks.
@@ -314,7 +326,7 @@ class MedSAMix:
         return _answer(lambda: self._segment_dicomweb(request))
 
     @bentoml.api(route="/segment/dicomweb/instances")
-    def dicomweb_instances(self, request: DicomwebStudy, /) -> list[InstanceRef]:
+    def dicomweb_instances(self, request: DicomwebStudy, /) -> Answer[list[InstanceRef]]:
         """The instances of a study (or of one of its series) on an allowed PACS (QIDO-RS): what a batch client
         iterates over, one `/segment/dicomweb` call per instance."""
         return _answer(
@@ -327,7 +339,7 @@ class MedSAMix:
     @bentoml.api(route="/segment/series")
     def segment_series(
         self, files: list[Path], prompts: list[SeriesPrompt], model: str | None = None, preset: str | None = None
-    ) -> SeriesResponse:
+    ) -> Answer[SeriesResponse]:
         """Masks through a series from one prompt per structure: the slices are sorted into a volume along their
         normal, the prompted slice is segmented and each neighbour outward is prompted with the previous mask's box
         (MedSAM's 3-D inference); one COCO RLE mask per segmented slice.
@@ -341,13 +353,13 @@ class MedSAMix:
     @bentoml.api(route="/segment/series/seg")
     def segment_series_seg(
         self, files: list[Path], prompts: list[SeriesPrompt], model: str | None = None, preset: str | None = None
-    ) -> SegFile:
+    ) -> Answer[SegFile]:
         """The same masks as one DICOM SEG for the series: it references every instance that has a mask, one
         segment per label, frames only where a mask is non-empty."""
         return _answer(lambda: self._dicom_response(self.series_seg(*self._run_series(files, prompts, model, preset))))
 
     @bentoml.api(route="/segment/dicomweb/series")
-    def segment_dicomweb_series(self, request: DicomwebSeriesRequest, /) -> DicomwebSeriesResponse:
+    def segment_dicomweb_series(self, request: DicomwebSeriesRequest, /) -> Answer[DicomwebSeriesResponse]:
         """Retrieve every instance of a series from an allowed PACS, segment it as /segment/series does, store one
         DICOM SEG for the whole series back (one STOW-RS request, once every slice is segmented: a request that
         fails part way stores nothing) and answer with its UIDs and a per-slice summary (no masks: the SEG holds
@@ -358,7 +370,7 @@ class MedSAMix:
         if self.settings.dicomweb is None:
             raise RequestError(
                 "expected a DICOMweb allow-list on this server to call a PACS, found none (MEDSAMIX_DICOMWEB is unset)",
-                403,
+                HTTPStatus.FORBIDDEN,
             )
         return self.settings.dicomweb.find(request.dicomweb, self.settings.max_pacs_bytes)
 
@@ -370,7 +382,7 @@ class MedSAMix:
             raise RequestError(
                 f"the request asks for {count} prompts over {len(work)} instance(s); this server takes at most "
                 f"{self.settings.max_prompts} per request",
-                413,
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
         budget = PixelBudget(self.limits.max_decoded_pixels)  # one for the whole request, however many instances
         segmented = [
@@ -416,7 +428,7 @@ class MedSAMix:
             raise RequestError(
                 f"the series has {count} instances; this server takes at most {self.settings.max_instances} per "
                 "request (MEDSAMIX_MAX_INSTANCES)",
-                413,
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
 
     def _run_series(
@@ -519,7 +531,9 @@ class MedSAMix:
 
     def _check_started(self) -> None:
         if not self._settle():
-            raise RequestError("the service is still starting; retry once /readyz answers 200", 503)
+            raise RequestError(
+                "the service is still starting; retry once /readyz answers 200", HTTPStatus.SERVICE_UNAVAILABLE
+            )
 
     @staticmethod
     def _count(encoded: int, cached: int, models: list[str]) -> None:
@@ -591,11 +605,13 @@ ERRORS = {
 VIEWER_ERRORS = (400, 401, 403, 404, 413, 422, 502, 503, 504)
 ERRORS |= {path: VIEWER_ERRORS for path in ("/infer/{model}", "/session/", "/session/{session_id}")}
 # In order from the outside in: the Guard refuses before anything reads a body; its answers are already in shape.
-MedSAMix.add_asgi_middleware(Guard, token=SETTINGS.token, max_bytes=SETTINGS.max_request_bytes)
-MedSAMix.add_asgi_middleware(OneSentence, fields=field_names(api.input_spec for api in MedSAMix.apis.values()))
-MedSAMix.add_asgi_middleware(DocumentedErrors, errors=ERRORS, bearer=SETTINGS.token is not None)
-MedSAMix.add_asgi_middleware(Readiness, report=lambda: _readiness(bentoml.get_current_service()))
-MedSAMix.add_asgi_middleware(HomePage, listing=lambda: _listing(bentoml.get_current_service()))
+# `@bentoml.service` made the class a Service; mypy does not apply class decorators (python/mypy#3135).
+SERVICE = cast("bentoml.Service[MedSAMix]", MedSAMix)
+SERVICE.add_asgi_middleware(Guard, token=SETTINGS.token, max_bytes=SETTINGS.max_request_bytes)
+SERVICE.add_asgi_middleware(OneSentence, fields=field_names(api.input_spec for api in SERVICE.apis.values()))
+SERVICE.add_asgi_middleware(DocumentedErrors, errors=ERRORS, bearer=SETTINGS.token is not None)
+SERVICE.add_asgi_middleware(Readiness, report=lambda: _readiness(bentoml.get_current_service()))
+SERVICE.add_asgi_middleware(HomePage, listing=lambda: _listing(bentoml.get_current_service()))
 
 
 def _readiness(service: MedSAMix | None) -> dict[str, Any] | None:
@@ -618,7 +634,7 @@ def _spooled(data: bytes, folder: Path) -> Path:
     return Path(name)
 
 
-def _answer(compute: Callable[[], T]) -> T | JSONResponse:
+def _answer(compute: Callable[[], T]) -> T | Response:
     """The API's result, or a refusal as `{"error": sentence}` with its status (BentoML's own error body for a
     4xx is a list, and not every status is expressible through its exceptions)."""
     try:

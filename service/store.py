@@ -92,8 +92,12 @@ class ModelStore:
         raw = path.read_bytes()
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except json.JSONDecodeError as error:
             raise StoreError(f"the manifest of model '{name}' is not valid JSON ({error.msg} at {error.pos})") from None
+        except UnicodeDecodeError as error:
+            raise StoreError(
+                f"the manifest of model '{name}' is not valid JSON ({error.reason} at {error.start})"
+            ) from None
         manifest = check_manifest(data, f"the manifest of model '{name}'")
         if manifest["name"] != name:
             raise StoreError(f"the manifest in folder '{name}' names the model '{manifest['name']}'; they must match")

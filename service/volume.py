@@ -256,7 +256,7 @@ def _numbers(ds: Dataset, frame: int, sequence: str, keyword: str, count: int, n
     valid = numbers.shape == (count,) and bool(np.isfinite(numbers).all())
     if valid and count == 6:
         row, column = numbers[:3], numbers[3:]
-        valid = (
+        valid = bool(
             abs(np.linalg.norm(row) - 1) <= _UNIT_SLACK
             and abs(np.linalg.norm(column) - 1) <= _UNIT_SLACK
             and abs(row @ column) <= _UNIT_SLACK

@@ -72,13 +72,15 @@ class Limits:
     def check(self, shape: tuple[int, ...]) -> None:
         if len(shape) != 3 or min(shape) < 1:
             found = f"{len(shape)} dimensions" if len(shape) != 3 else "an empty dimension"
-            raise RequestError(f"expected a 3-D volume (one channel, one time point), found {found}", 422)
+            raise RequestError(
+                f"expected a 3-D volume (one channel, one time point), found {found}", HTTPStatus.UNPROCESSABLE_ENTITY
+            )
         i, j, k = shape
         if i * j > self.max_pixels or i * j * k > self.max_voxels or k > self.max_slices:
             raise RequestError(
                 f"the volume is {i}x{j}x{k} voxels; this server takes at most {self.max_pixels} pixels per slice, "
                 f"{self.max_voxels} voxels and {self.max_slices} slices",
-                413,
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             )
 
 
@@ -161,7 +163,10 @@ class NiftiFormat:
         except Exception:  # a truncated or corrupt data block
             raise _not_a("NIfTI") from None
         if not np.isfinite(data).all():
-            raise RequestError("expected finite intensities in the volume, found NaN or infinite voxels", 422)
+            raise RequestError(
+                "expected finite intensities in the volume, found NaN or infinite voxels",
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+            )
         return StoredVolume(data, LPS_FROM_RAS @ image.affine, _file_digest(path))
 
     @staticmethod
@@ -209,7 +214,10 @@ class NrrdFormat:
             raise _not_a("NRRD") from None
         data = np.asarray(data, np.float32)
         if not np.isfinite(data).all():
-            raise RequestError("expected finite intensities in the volume, found NaN or infinite voxels", 422)
+            raise RequestError(
+                "expected finite intensities in the volume, found NaN or infinite voxels",
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+            )
         affine = np.eye(4)
         affine[:3, :3] = flip @ directions.T  # a row of 'space directions' is one axis' step: a column here
         affine[:3, 3] = flip @ origin
@@ -250,13 +258,15 @@ def extract_zip(path: Path, into: Path, max_members: int, max_bytes: int) -> lis
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
-        raise RequestError("expected a zip of one series' DICOM files, found a file that is not a zip", 422) from None
+        raise RequestError(
+            "expected a zip of one series' DICOM files, found a file that is not a zip", HTTPStatus.UNPROCESSABLE_ENTITY
+        ) from None
     with archive:
         members = [m for m in archive.infolist() if not m.is_dir()]
         if not members or len(members) > max_members:
             raise RequestError(
                 f"expected a zip of 1 to {max_members} DICOM files (MEDSAMIX_MAX_INSTANCES), found {len(members)}",
-                413 if members else 400,
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE if members else HTTPStatus.BAD_REQUEST,
             )
         written, total = [], 0
         for index, member in enumerate(members):
@@ -267,12 +277,14 @@ def extract_zip(path: Path, into: Path, max_members: int, max_bytes: int) -> lis
                         total += len(chunk)
                         if total > max_bytes:
                             raise RequestError(
-                                f"the zip inflates to more than this server takes ({max_bytes} bytes per request)", 413
+                                f"the zip inflates to more than this server takes ({max_bytes} bytes per request)",
+                                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                             )
                         out.write(chunk)
             except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError):
                 raise RequestError(
-                    f"member {index} of the zip cannot be inflated; expected stored or deflated files", 422
+                    f"member {index} of the zip cannot be inflated; expected stored or deflated files",
+                    HTTPStatus.UNPROCESSABLE_ENTITY,
                 ) from None
             written.append(target)
     return written

@@ -131,6 +131,7 @@ def exported_zoo(tmp_path_factory: pytest.TempPathFactory, zoo_recipe: Path) -> 
         presets=ZOO_TASKS,
         scores={"ct_liver": {"split": "test", "dice": 0.5, "cases": 6}},
         report=source.report,
+        force=True,  # a fixture's merge, not gated
     )
 
 

@@ -298,7 +298,7 @@ def test_an_exported_recipe_replays_from_where_it_lies(tmp_path: Path, tiny_base
         for n in ("sam", "ft")
     ]
     save_recipe(uniform_recipe(made[0], made[1:], get_architecture("tiny"), "ties"), run / "recipe.yaml")
-    model = export_model(load_source(run / "recipe.yaml"), "relocated", tmp_path / "models")
+    model = export_model(load_source(run / "recipe.yaml"), "relocated", tmp_path / "models", force=True)
     assert [m.path for m in load_recipe(model / "recipe.yaml").inputs] == [
         "../../inputs/sam.pth",
         "../../inputs/ft.pth",

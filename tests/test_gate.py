@@ -12,9 +12,11 @@ import yaml
 
 from search.architectures import get_architecture
 from search.checkpoints import load_checkpoint, sha256_file
-from search.config import load_task_specs
+from search.config import load_conventions, load_task_specs
 from search.data import load_task
+from search.errors import ExportError
 from search.evaluate import Evaluator
+from search.export import export_model, load_source
 from search.recipe import InputModel, save_recipe, uniform_recipe
 from search.scores import score
 from search.zoo import MODELS, search_config
@@ -69,6 +71,17 @@ def test_a_merge_that_loses_to_an_input_is_refused_unless_forced(tmp_path):
     }
     assert manifest["scores"]["ct_kidney"] == {"split": "test", "dice": gate["model"]["dice"]["ct_kidney"], "cases": 6}
     ModelStore(out).load("m")  # the gate's record is part of a valid, hash-checked model
+
+
+def test_a_library_export_applies_the_same_gate(tmp_path):
+    merge = load_source(recipe(tmp_path, "linear"))
+    tasks = tasks_file(tmp_path, ["ct_kidney"])
+    out = tmp_path / "models"
+    with pytest.raises(ExportError, match="give --tasks FILE"):  # no held-out cases to check the merge on
+        export_model(merge, "m", out)
+    with pytest.raises(ExportError, match="does not beat its best input 'ct_specialist'.*nothing was written"):
+        export_model(merge, "m", out, specs=load_task_specs(tasks), conventions=load_conventions(tasks))
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_a_merge_that_beats_its_inputs_passes_with_the_comparison_recorded(tmp_path):

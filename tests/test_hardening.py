@@ -404,17 +404,6 @@ def test_a_malformed_form_is_a_4xx_of_one_sentence(server: LocalServer, case: st
     assert httpx.get(server.url + "/livez", timeout=10).status_code == 200
 
 
-def test_the_form_parser_is_the_services_own() -> None:
-    """The service replaces BentoML's multipart parser (a private registry): fail loudly if that stops working."""
-    from _bentoml_impl.serde import ALL_SERDE
-
-    import service.service  # noqa: F401
-    from service.forms import UploadForm
-
-    assert ALL_SERDE["multipart/form-data"] is UploadForm
-    assert ALL_SERDE["application/x-www-form-urlencoded"] is UploadForm
-
-
 # --------------------------------------------------------------------------------------------------------------
 # 10. Each server its own metrics.
 # --------------------------------------------------------------------------------------------------------------

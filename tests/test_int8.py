@@ -113,7 +113,7 @@ def test_an_int8_encoder_outside_the_tolerance_is_refused_and_nothing_written(tm
     plan = Int8Plan({"ct_spleen": calibration}, {"ct_spleen": test}, tolerance=-1.0)  # it would have to gain 1.0
     out = tmp_path / "models"
     with pytest.raises(ExportError) as refused:
-        export_model(load_source(DEMO / "recipe.yaml"), "m", out, tasks=["ct_spleen"], int8=plan)
+        export_model(load_source(DEMO / "recipe.yaml"), "m", out, tasks=["ct_spleen"], force=True, int8=plan)
     message = str(refused.value)
     assert "falls more than -1.0 below float32's" in message and "nothing was written" in message
     assert "\n" not in message and message.count(". ") == 0
