@@ -28,6 +28,7 @@ def tiny_encoder_state() -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_fused_attention_matches_the_stock_encoder() -> None:
     state = tiny_encoder_state()
     stock, fused, sdpa = build_sam("tiny"), build_sam("tiny"), build_sam("tiny")

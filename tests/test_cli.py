@@ -40,6 +40,7 @@ def five_files(tmp_path_factory, tiny_base) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_inspect_reads_each_real_format(five_files) -> None:
     for fmt, path in five_files.items():
         result = medsamix("inspect", str(path))
@@ -62,6 +63,7 @@ def test_inspect_refuses_a_non_sam_file_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_recipe_then_merge_replays_bit_identically_and_loads_into_segment_anything(tiny_inputs, tmp_path: Path) -> None:
     names = [f"{n}={tiny_inputs[n]}" for n in ("sam", "medicosam", "medsam")]
     made = medsamix(
@@ -88,6 +90,7 @@ def test_recipe_then_merge_replays_bit_identically_and_loads_into_segment_anythi
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_merge_with_a_changed_input_fails_and_writes_nothing(tiny_base, tmp_path: Path) -> None:
     from tests.conftest import write_sam
 
@@ -124,6 +127,7 @@ def test_commands_that_need_no_model_never_import_torch() -> None:
         assert result.stdout.splitlines()[-1] == "torch ran: False", args
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_written_files_take_the_users_umask(tiny_inputs, tmp_path: Path, umask: int) -> None:
     names = [f"{n}={tiny_inputs[n]}" for n in ("sam", "medsam")]
@@ -144,6 +148,7 @@ def test_a_folder_given_for_a_file_is_called_a_folder(tmp_path: Path) -> None:
     assert "does not exist" in medsamix("inspect", str(tmp_path / "none.pth")).stderr
 
 
+@pytest.mark.slow
 def test_non_finite_weights_are_reported_by_inspect_and_refused_by_merge_export_and_search(tiny_base, tmp_path):
     from search.config import parse_search_config
     from search.errors import CheckpointError

@@ -53,7 +53,9 @@ def predictor_for(state) -> SamPredictor:
     return SamPredictor(sam)
 
 
-@pytest.mark.parametrize("encoder_batch", [1, 3, 8])
+@pytest.mark.parametrize(
+    "encoder_batch", [1, pytest.param(3, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)]
+)
 def test_matches_sam_predictor_with_box_prompts(task: Task, state, encoder_batch: int) -> None:
     evaluator = Evaluator(ARCHITECTURES["tiny"], device="cpu", encoder_batch=encoder_batch)
     evaluator.load(state)
@@ -129,6 +131,7 @@ def test_bf16_autocast_stays_close_to_fp32(task: Task, state) -> None:
     np.testing.assert_allclose(results[torch.bfloat16], results[torch.float32], atol=0.05)
 
 
+@pytest.mark.slow
 def test_compiled_encoder_gives_the_same_dice(task: Task, state) -> None:
     """The GPU default compiles the encoder; tracing it (eager backend: no codegen) must not change results."""
     plain = Evaluator(ARCHITECTURES["tiny"], device="cpu", compile_backend=None)
@@ -138,6 +141,7 @@ def test_compiled_encoder_gives_the_same_dice(task: Task, state) -> None:
     np.testing.assert_allclose(traced.dice(task, "sam"), plain.dice(task, "sam"), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sam", "medsam"])
 def test_device_dice_equals_the_numpy_mask_path(task: Task, state, mode: str) -> None:
     """Masks and Dice on the device against `service.imaging`'s numpy masks and `dice` of the same logits; the

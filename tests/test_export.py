@@ -223,6 +223,7 @@ def predicted_and_real_iou(folder: Path, convention: str) -> tuple[np.ndarray, n
     return np.array(predicted), np.array(real)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(MODELS))
 def test_a_zoo_models_predicted_iou_lies_in_0_1_and_follows_the_real_iou(model: str, tmp_path: Path) -> None:
     """The IoU the service answers with is the model's estimate of how well its mask fits (the zoo fits SAM's IoU
@@ -235,6 +236,7 @@ def test_a_zoo_models_predicted_iou_lies_in_0_1_and_follows_the_real_iou(model: 
     assert np.corrcoef(predicted, real)[0, 1] > 0.5
 
 
+@pytest.mark.slow
 def test_the_demo_models_predicted_iou_lies_in_0_1() -> None:
     """The demo answers an IoU in [0, 1] (it answered about -0.06 before the zoo's IoU heads were fitted), near its
     masks' mean real IoU. Its merged head follows the real IoU only weakly (benchmarks/RESULTS.md)."""
@@ -284,6 +286,7 @@ def test_manifest_lists_every_file_with_its_sha256(zoo_recipe: Path, exported_zo
     assert min(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx")) >= 17
 
 
+@pytest.mark.slow
 def test_an_exported_recipe_replays_from_where_it_lies(tmp_path: Path, tiny_base) -> None:
     from search.recipe import InputModel, save_recipe, uniform_recipe
     from service.manifest import sha256_file
@@ -314,6 +317,7 @@ def test_an_exported_recipe_replays_from_where_it_lies(tmp_path: Path, tiny_base
     assert "differs from the recipe's" in one_line_error(medsamix("merge", str(model / "recipe.yaml"), "-o", "c.pth"))
 
 
+@pytest.mark.slow
 def test_fp16_export_runs_on_onnxruntime_cpu(tmp_path: Path, tiny_base) -> None:
     """float16 weights (for GPU serving): the graphs hold float16 weights, keep the float32 interface, and run on
     onnxruntime's CPU provider close to the float32 torch model (a looser bound than the float32 contract)."""
@@ -419,6 +423,7 @@ def test_overwrite_where_folders_cannot_be_exchanged(
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["m"]
 
 
+@pytest.mark.slow
 def test_cli_export_errors_are_one_line(tmp_path: Path, exported_medsam: Path, zoo_recipe: Path) -> None:
     out = str(exported_medsam.parent)
     checkpoint = str(ZOO / "mr_specialist_tiny.pth")

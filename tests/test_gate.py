@@ -50,6 +50,7 @@ def held_out(path: Path, normalization: str, task_file: Path) -> dict[str, float
     return {task: s["test"] for task, s in scores.items()}
 
 
+@pytest.mark.slow
 def test_a_merge_that_loses_to_an_input_is_refused_unless_forced(tmp_path):
     merge = recipe(tmp_path, "linear")  # uniform linear: far below the CT specialist on kidney
     tasks = tasks_file(tmp_path, ["ct_kidney"])
@@ -84,6 +85,7 @@ def test_a_library_export_applies_the_same_gate(tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_a_merge_that_beats_its_inputs_passes_with_the_comparison_recorded(tmp_path):
     # Base and MR specialist averaged, served under sam: above every input on held-out white matter.
     merge = recipe(tmp_path, "linear", {"weights": {"base": 0.5, "ct_specialist": 0.0, "mr_specialist": 0.5}})
@@ -101,6 +103,7 @@ def test_a_merge_that_beats_its_inputs_passes_with_the_comparison_recorded(tmp_p
     assert np.isclose(gate["model"]["mean"], gate["model"]["dice"]["mr_white_matter"])
 
 
+@pytest.mark.slow
 def test_exporting_a_merge_needs_tasks_or_force(tmp_path):
     merge = recipe(tmp_path, "linear")
     line = one_line_error(medsamix("export", str(merge), "--name", "m", "--out", str(tmp_path / "models")))

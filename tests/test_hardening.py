@@ -409,6 +409,7 @@ def test_a_malformed_form_is_a_4xx_of_one_sentence(server: LocalServer, case: st
 # --------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_servers_on_one_host_keep_their_own_metrics(server: LocalServer, store: Path, tmp_path: Path) -> None:
     before = metric(server, "medsamix_prompts_total", '{model="demo"}')
     env = {"MEDSAMIX_MODELS": str(store), "MEDSAMIX_TOKEN": TOKEN}

@@ -281,6 +281,7 @@ def test_single_task_search_writes_recipe_report_and_smac_files(tmp_path):
         assert f"{scores['dice'][name]['mr_white_matter']['test']:.4f}" in line
 
 
+@pytest.mark.slow
 def test_the_pick_is_never_below_a_baseline_the_report_scores(tmp_path):
     # medsam first: the uniform baselines under sam (the best ones on this task) are the second convention searched.
     settings = {
@@ -302,6 +303,7 @@ def test_the_pick_is_never_below_a_baseline_the_report_scores(tmp_path):
         assert any(abs(score - m) < 1e-12 for m in measured), row
 
 
+@pytest.mark.slow
 def test_evaluate_a_checkpoint_matches_the_zoo_premise_table(tmp_path):
     path = write_config(tmp_path, ["ct_kidney"])
     shown = run_cli("evaluate", str(ZOO / "ct_specialist_tiny.pt"), "--tasks", str(path), "--split", "test")

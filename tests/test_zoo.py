@@ -68,6 +68,7 @@ def test_zoo_datasets_load_as_nnunet_tasks(record) -> None:
         assert all(s.image.dtype == np.uint8 and s.mask.any() and len(s.boxes) for s in test.slices)
 
 
+@pytest.mark.slow
 def test_the_premise_holds_when_remeasured_from_the_committed_files(record) -> None:
     table = premise_table(ZOO)
     assert premise_holds(table) == []
@@ -77,6 +78,7 @@ def test_the_premise_holds_when_remeasured_from_the_committed_files(record) -> N
             assert table[model][task] == pytest.approx(value, abs=2e-3), (model, task)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic() -> None:
     """Two short runs of the training step function from scratch give bit-identical weights, in both conventions."""
     pools = {"ct": domain_pool(iter([ct_volume(7, depth=4)]), "ct_abdomen", list(CT_LABELS.values()))}
