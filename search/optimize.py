@@ -342,7 +342,18 @@ class Search:
         if self.write_report:
             from search.report import write_report
 
-            write_report(self.out, self.config, runner, result, space)
+            columns = (TextColumn("[bold]report[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("models scored"))
+            timing = (TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            with Progress(*columns, *timing, console=self.console, disable=not self.show_progress) as bar:
+                rows = bar.add_task("report", total=None)
+                write_report(
+                    self.out,
+                    self.config,
+                    runner,
+                    result,
+                    space,
+                    lambda done, total: bar.update(rows, completed=done, total=total),
+                )
         return result
 
     def _replay(self, smac, recorded: list[dict[str, Any]], multi_fidelity: bool) -> list[dict[str, Any]]:

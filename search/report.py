@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,38 +49,47 @@ def _save(figure: plt.Figure, path: Path) -> str:
 
 
 def score_table(
-    config: SearchConfig, runner: TrialRunner, merges: dict[str, Recipe], space: SearchSpace
+    config: SearchConfig,
+    runner: TrialRunner,
+    merges: dict[str, Recipe],
+    space: SearchSpace,
+    scored: Callable[[int, int], None] = lambda done, total: None,
 ) -> tuple[Table, dict[str, str]]:
     """Dice of the search's baselines (`search.baselines`) and each merge, on both splits. An input runs under its
     training convention; a uniform baseline under whichever of its allowed conventions scores best on calibration
-    (the initial design ran it under each). Also returns each row's convention."""
+    (the initial design ran it under each). Also returns each row's convention. `scored(done, total)` is called
+    after each row: scoring every row on both splits can take as long as the search did."""
     splits = {"calibration": runner.tasks, "test": runner.tests}
     engine: MergeEngine = runner.engine
     table: Table = {}
     conventions: dict[str, str] = {}
-    for i, name in enumerate(engine.names):
-        conventions[name] = trained_convention(name, config.conventions)
-        table[name] = score(runner.evaluator, engine.input_state(i), conventions[name], splits)
     rows: dict[str, list[Baseline]] = {}
     for baseline in baselines(space, config.conventions):
         if baseline.row not in engine.names:
             rows.setdefault(baseline.row, []).append(baseline)
+    total = len(engine.names) + len(rows) + len(merges)
+    for i, name in enumerate(engine.names):
+        conventions[name] = trained_convention(name, config.conventions)
+        table[name] = score(runner.evaluator, engine.input_state(i), conventions[name], splits)
+        scored(len(table), total)
     for row, measured in rows.items():
         # The convention changes only how images are fed, not the merged weights: merge once, score calibration
         # under each allowed convention, then the held-out cases under the best one.
         state = engine.merge_recipe(space.to_recipe(measured[0].config))
-        scored = {
+        by_convention = {
             b.normalization: score(runner.evaluator, state, b.normalization, {"calibration": runner.tasks})
             for b in measured
         }
-        chosen = max(scored, key=lambda n: np.mean([s["calibration"] for s in scored[n].values()]))
+        chosen = max(by_convention, key=lambda n: np.mean([s["calibration"] for s in by_convention[n].values()]))
         held_out = score(runner.evaluator, state, chosen, {"test": runner.tests})
-        table[row] = {task: {**scored[chosen][task], **held_out[task]} for task in held_out}
+        table[row] = {task: {**by_convention[chosen][task], **held_out[task]} for task in held_out}
         conventions[row] = chosen
+        scored(len(table), total)
     for name, merge in merges.items():
         normalization = merge.preprocessing.normalization
         table[name] = score(runner.evaluator, engine.merge_recipe(merge), normalization, splits)
         conventions[name] = normalization
+        scored(len(table), total)
     return table, conventions
 
 
@@ -153,16 +163,29 @@ def recipe_plot(recipe: Recipe, path: Path) -> str:
 
 
 def dice_plot(table: Table, split: str, path: Path) -> str:
-    """Grouped bars: Dice per task on one split, one bar per model."""
+    """Grouped bars: Dice per task on one split, one bar per model, each bar labelled with its value.
+
+    The axis starts just below the lowest bar, not at 0: the differences that decide a merge are a few points of
+    Dice, invisible on a 0-1 axis. The legend sits beside the axes, never over a bar; the merge is hatched."""
     tasks = list(next(iter(table.values())))
-    figure, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks) + 2), 3.8))
+    values = {row: [scores[t][split] for t in tasks] for row, scores in table.items()}
+    low, high = min(map(min, values.values())), max(map(max, values.values()))
+    pad = max(0.02, 0.15 * (high - low))
+    figure, ax = plt.subplots(figsize=(max(7, 0.55 * len(tasks) * len(table) + 3), 4.2))
     width = 0.8 / len(table)
-    for i, (row, scores) in enumerate(table.items()):
-        ax.bar(np.arange(len(tasks)) + i * width, [scores[t][split] for t in tasks], width, label=row)
+    for i, (row, heights) in enumerate(values.items()):
+        bars = ax.bar(
+            np.arange(len(tasks)) + i * width,
+            heights,
+            width,
+            label=row,
+            hatch="//" if row.startswith("MedSAMix") else "",
+        )
+        ax.bar_label(bars, fmt="%.3f", fontsize=6, rotation=90, padding=2)
     ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks)
-    ax.set_ylabel(f"Dice ({split})")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.set_ylabel(f"Dice ({split}, mean over cases)")
+    ax.set_ylim(max(0.0, low - pad), min(1.0, high + 2.5 * pad))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(axis="y", alpha=0.3)
     return _save(figure, path)
 
@@ -178,13 +201,21 @@ def timing_lines(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write_report(out: Path, config: SearchConfig, runner: TrialRunner, result, space) -> Path:
-    """Score, plot and write `out/report/report.md`; returns its path."""
+def write_report(
+    out: Path,
+    config: SearchConfig,
+    runner: TrialRunner,
+    result,
+    space,
+    scored: Callable[[int, int], None] = lambda done, total: None,
+) -> Path:
+    """Score (`scored` reports each row, see `score_table`), plot and write `out/report/report.md`; returns its
+    path."""
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
     tasks = [t.name for t in config.tasks]
     merges = {"MedSAMix (picked)" if config.multi_task else "MedSAMix": result.best}
-    table, conventions = score_table(config, runner, merges, space)
+    table, conventions = score_table(config, runner, merges, space, scored)
     budget = max(e["budget"] for e in result.entries)
     plots = {"objective": objective_plot(result.entries, tasks, budget, folder / "objective.png")}
     if len(tasks) == 2 and result.front:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -267,6 +268,8 @@ def test_single_task_search_writes_recipe_report_and_smac_files(tmp_path):
         assert (run / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
     scores = json.loads((run / "report" / "scores.json").read_text())
     assert set(scores["dice"]) >= {"base", "ct_specialist", "mr_specialist", "uniform ties", "MedSAMix"}
+    # The report's scoring shows progress after the search's bar: every row it scored, counted.
+    assert re.search(rf"report .* {len(scores['dice'])}/{len(scores['dice'])} models scored", done.stdout), done.stdout
     assert scores["dice"]["MedSAMix"]["mr_white_matter"]["calibration"] == pytest.approx(
         best["dice"]["mr_white_matter"], abs=1e-12
     )
