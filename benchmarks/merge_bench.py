@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,6 +24,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.measure import JsonRecord, peak_gpu_bytes, reset_peak, time_call  # noqa: E402
 from search.architectures import get_architecture, state_layout  # noqa: E402
 from search.groups import Granularity, layer_groups  # noqa: E402
 from search.merge import METHODS  # noqa: E402
@@ -54,23 +53,6 @@ def plan_for(engine: MergeEngine, method: str):
     resolved = METHODS[method]
     kwargs = resolved.resolve({}, engine.names, where=method)
     return [(group, resolved, kwargs) for group in layer_groups(engine.arch, Granularity())]
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_call(fn, device: str, runs: int) -> list[float]:
-    fn()
-    synchronize(device)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def kthvalue_select(scores: torch.Tensor, k: torch.Tensor, packing: Packing) -> torch.Tensor:
@@ -156,11 +138,14 @@ def main() -> None:
         f"{args.arch}: {total / 1e6:.1f}M parameters, base + {len(NAMES) - 1} fine-tunes, device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else f" ({torch.get_num_threads()} threads)")
     )
-    rows = []
+    rows: list[dict] = []
+    thresholds: dict[str, dict] = {}
+    record = JsonRecord(
+        args.json, args.device, arch=args.arch, parameters=total, fine_tunes=len(NAMES) - 1, methods=rows
+    )
     for method in METHODS:
         plan = plan_for(engine, method)
-        if args.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak(args.device)
         times = time_call(lambda plan=plan: engine.merge(plan), args.device, args.runs)
         row = {"method": method, "median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
         first = engine.output.clone()
@@ -171,7 +156,7 @@ def main() -> None:
             flat = torch.cat([reference[k].reshape(-1) for k in engine.layout.spans])
             row["max_abs_diff_vs_cpu"] = float((flat - first.cpu()).abs().max())
         if args.device == "cuda":
-            row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+            row["peak_gpu_bytes"] = peak_gpu_bytes(args.device)
         else:
             child = subprocess.run(
                 [sys.executable, __file__, "--arch", args.arch, "--rss-child", method],
@@ -181,6 +166,7 @@ def main() -> None:
             )
             row.update(json.loads(child.stdout))
         rows.append(row)
+        record.save()
 
     density, runs = 0.5, min(args.runs, 3) if args.device == "cpu" else args.runs
     variants = {  # name -> (select, chunking)
@@ -189,7 +175,7 @@ def main() -> None:
         f"kth_largest as the engine calls it on {args.device}": (kth_largest, "engine"),
     }
     reference = threshold_masks(engine, density, kthvalue_select, "tensor")
-    thresholds = {}
+    record["ties_threshold"] = thresholds
     for name, (select, chunking) in variants.items():
         masks = threshold_masks(engine, density, select, chunking)
         thresholds[name] = {
@@ -199,6 +185,7 @@ def main() -> None:
             "identical_to_baseline": bool(torch.equal(masks, reference)),
         }
         del masks
+        record.save()
 
     table = Table(
         "method",
@@ -231,24 +218,6 @@ def main() -> None:
     for name, row in thresholds.items():
         selection.add_row(name, f"{row['median_s'] * 1e3:.1f} ms", str(row["identical_to_baseline"]))
     console.print(selection)
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "arch": args.arch,
-                    "device": args.device,
-                    "parameters": total,
-                    "fine_tunes": len(NAMES) - 1,
-                    "torch": torch.__version__,
-                    "machine": platform.platform(),
-                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
-                    "threads": torch.get_num_threads(),
-                    "methods": rows,
-                    "ties_threshold": thresholds,
-                },
-                indent=2,
-            )
-        )
 
 
 if __name__ == "__main__":
