@@ -39,6 +39,9 @@ def listed(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
+pytestmark = pytest.mark.slow  # the dry run takes 16-30 s on 2 cores: the full suite runs it
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gpu")
