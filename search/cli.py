@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from search.errors import MedSAMixError
+from search.errors import MedSAMixError, MedSAMixWarning
 
 console = Console()
 EXIT_USER_ERROR = 2
@@ -392,8 +393,17 @@ def _pin_hash_seed(argv: Sequence[str]) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "search.cli", *argv], {**os.environ, "PYTHONHASHSEED": "0"})
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, default=warnings.showwarning) -> None:
+    """MedSAMix's own warnings as one line, like its errors; every other warning as Python shows it."""
+    if issubclass(category, MedSAMixWarning):
+        Console(stderr=True).print(Text.assemble(("warning: ", "bold yellow"), str(message)), soft_wrap=True)
+    else:
+        default(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    warnings.showwarning = _show_warning
     args = build_parser().parse_args(argv)
     if args.run is cmd_search:
         _pin_hash_seed(argv)

@@ -35,6 +35,10 @@ class DataError(MedSAMixError):
     """Calibration data that is missing, unreadable, inconsistent, or leaves no slice to evaluate."""
 
 
+class MedSAMixWarning(UserWarning):
+    """Something a user asked for despite a check (e.g. a forced export): the CLI prints it as one line."""
+
+
 def first_validation_error(error: ValidationError, whole: str) -> str:
     """'field.path: message' for a pydantic error's first problem (`whole` when it is about the whole input)."""
     first = error.errors()[0]

@@ -50,7 +50,7 @@ from segment_anything.modeling import PromptEncoder, Sam
 from search.architectures import SamArchitecture, build_sam
 from search.checkpoints import DROPPED_KEYS, load_checkpoint
 from search.data import DataSpec
-from search.errors import ExportError
+from search.errors import ExportError, MedSAMixWarning
 from search.evaluate import SCORED_PROMPTS, decode_boxes
 from search.gate import quality_gate
 from search.io import atomic_write_dir
@@ -424,7 +424,7 @@ def _quantize(folder: Path, plan: Int8Plan, geometry: str, size: int, metadata: 
             )
             if not plan.force:
                 raise ExportError(f"{verdict}; nothing was written (pass --force to export it anyway)")
-            warnings.warn(f"{verdict}; exported because it was forced", stacklevel=3)
+            warnings.warn(f"{verdict}; exported because it was forced", MedSAMixWarning, stacklevel=3)
     record["forced"] = plan.force and (record["gate"] is None or not record["gate"]["passed"])
     os.replace(quantized, folder / ENCODER_FILE)
     return record
@@ -454,7 +454,7 @@ def _gate(
         )
         if not force:
             raise ExportError(f"{verdict}; nothing was written (pass --force to export it anyway)")
-        warnings.warn(f"{verdict}; exported because it was forced", stacklevel=3)
+        warnings.warn(f"{verdict}; exported because it was forced", MedSAMixWarning, stacklevel=3)
     gate["forced"] = force and not gate["passed"]
     return gate
 

@@ -61,6 +61,9 @@ def test_a_merge_that_loses_to_an_input_is_refused_unless_forced(tmp_path):
 
     forced = medsamix("export", str(merge), "--name", "m", "--out", str(out), "--tasks", str(tasks), "--force")
     assert forced.returncode == 0, forced.stderr
+    warning = [line for line in forced.stderr.splitlines() if line.strip()]
+    assert len(warning) == 1 and warning[0].startswith("warning: the model's mean held-out Dice"), forced.stderr
+    assert warning[0].endswith("exported because it was forced")
     manifest = json.loads((out / "m" / "manifest.json").read_text())
     gate = manifest["quality_gate"]
     assert gate["passed"] is False and gate["forced"] is True and gate["best_input"] == "ct_specialist"
