@@ -580,8 +580,9 @@ def fit_iou_heads(
         stage = stages[name]
         state = read_zoo_file(out / file)
         model = build_sam(ARCH)
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-        model.load_state_dict({**model.state_dict(), **base_head}, strict=True)
+        # the file's tensors, then the base's fitted head (the specialists start from it); the built model's own
+        # tensors fill anything the file does not store
+        model.load_state_dict({**model.state_dict(), **{k: v.float() for k, v in state.items()}, **base_head})
         model.eval()
         sampler = Sampler(pools, stage.mixture, stage.seed + 100)  # another stream than the stage's training
         batches = (
