@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +111,7 @@ def segment(
     series: str | None,
     prompts: list[Prompt] | dict[str, list[Prompt]],
     options: dict[str, str],
-    progress: Callable[[Iterable[Any]], Iterator[Any]],
+    progress: Callable[[Iterable[Any]], Iterable[Any]],
 ) -> Outcome:
     """Segment every planned instance; `options` are `model`/`preset`, `progress` wraps the iteration."""
     listed = client.post("/segment/dicomweb/instances", {"dicomweb": dicomweb, "study": study, "series": series})

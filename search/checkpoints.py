@@ -59,13 +59,14 @@ class Checkpoint:
         return sizes
 
 
-def _read_raw(path: Path) -> tuple[str, object]:
-    """The file's container kind ('torch' or 'safetensors') and its deserialised content."""
+def _read_weights(path: Path) -> tuple[str, Mapping[str, object]]:
+    """The format name ('safetensors', or a PyTorch file's as `_unwrap` names it) and the dict that holds the SAM
+    weights (possibly still prefixed)."""
     with open(path, "rb") as f:
         head = f.read(9)
     if head[:4] == ZIP_MAGIC or (head and head[0] == PICKLE_PROTO):
         try:
-            return "torch", torch.load(path, map_location="cpu", weights_only=True, mmap=head[:4] == ZIP_MAGIC)
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=head[:4] == ZIP_MAGIC)
         except pickle.UnpicklingError:
             raise CheckpointError(
                 f"{path} holds pickled Python objects other than tensors and plain containers, which are not "
@@ -73,6 +74,7 @@ def _read_raw(path: Path) -> tuple[str, object]:
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError):
             raise CheckpointError(f"{path} is a truncated or corrupt PyTorch file") from None
+        return _unwrap(path, raw)
     if len(head) == 9 and head[8:9] == b"{":
         try:
             header_len = struct.unpack("<Q", head[:8])[0]
@@ -115,17 +117,24 @@ def _some(keys: list[str]) -> str:
     return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
+def _tensors(path: Path | str, state: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """`state` as a dict of tensors, or CheckpointError naming (the first in sorted order) a key that holds anything
+    else."""
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    not_tensors = sorted(k for k in state if k not in tensors)
+    if not_tensors:
+        raise CheckpointError(
+            f"{path} holds non-tensor values under keys such as '{not_tensors[0]}'; expected only tensors"
+        )
+    return tensors
+
+
 def validate_state_dict(path: Path | str, state: Mapping[str, object]) -> SamArchitecture:
     """The architecture of `state`, after checking that every key and shape is exactly that architecture's.
 
     Works on any tensors, meta tensors included, so the check is testable for vit_h without 2.5 GB of weights.
     """
-    shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
-    if not_tensors:
-        raise CheckpointError(
-            f"{path} holds non-tensor values under keys such as '{not_tensors[0]}'; expected only tensors"
-        )
+    shapes = {k: tuple(v.shape) for k, v in _tensors(path, state).items()}
     arch = identify(shapes)
     if arch is None:
         # Keys every size shares (all but the encoder blocks): their absence means "not SAM", not "unknown size".
@@ -163,11 +172,11 @@ def load_checkpoint(path: str | Path, allow_non_finite: bool = False) -> Checkpo
     A tensor with NaN or inf entries is refused unless `allow_non_finite` (for `inspect`, which reports them): every
     merge method would carry it into the output (even at weight 0, as 0·NaN = NaN), silently."""
     path = require_file(Path(path), "checkpoint", CheckpointError)
-    container, raw = _read_raw(path)
-    fmt, weights = ("safetensors", raw) if container == "safetensors" else _unwrap(path, raw)
-    prefix, state, ignored = _strip_prefix(path, weights)
+    fmt, weights = _read_weights(path)
+    prefix, stripped, ignored = _strip_prefix(path, weights)
     for key in DROPPED_KEYS:
-        state.pop(key, None)
+        stripped.pop(key, None)
+    state = _tensors(path, stripped)
     arch = validate_state_dict(path, state)
     order = state_layout(arch).all
     bad = {} if allow_non_finite else non_finite_counts({k: state[k] for k in order})

@@ -84,6 +84,7 @@ def cmd_recipe(args: argparse.Namespace) -> None:
         relative = Path(path).resolve()
         relative = relative.relative_to(folder) if relative.is_relative_to(folder) else relative
         inputs.append(InputModel(name=name, path=str(relative), sha256=checkpoint.sha256))
+    assert arch is not None, "the loop loads at least the base checkpoint"
     recipe = uniform_recipe(
         inputs[0], inputs[1:], arch, args.method, Granularity(*args.granularity), args.normalization, args.seed
     )

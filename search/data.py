@@ -105,12 +105,17 @@ def _strip_ending(name: str, endings: Sequence[str]) -> str | None:
 def _read_nifti(path: Path) -> np.ndarray:
     """The voxel array of a NIfTI file, scaled by its scl_slope/scl_inter, in the file's (i, j, k[, c]) order."""
     import nibabel as nib
+    from nibabel.dataobj_images import DataobjImage
 
     require_file(path, "file", DataError)
+    unreadable = f"{path} is not a readable NIfTI file"
     try:
-        return np.asanyarray(nib.load(path).dataobj)
+        image = nib.load(path)
+        if isinstance(image, DataobjImage):  # an image with voxels (nibabel also loads e.g. GIFTI surfaces)
+            return np.asanyarray(image.dataobj)
     except Exception:  # nibabel raises many types (ImageFileError, EOFError, zlib errors) for a bad file
-        raise DataError(f"{path} is not a readable NIfTI file") from None
+        raise DataError(unreadable) from None
+    raise DataError(unreadable)
 
 
 def _as_labels(label: np.ndarray, source: str) -> np.ndarray:
@@ -381,7 +386,8 @@ class DicomSegLoader(Loader):
         folder = self._folders().get(case)
         if folder is None:
             raise DataError(f"case {case} has no folder in {self.root}")
-        images, segs = [], []
+        images: list[tuple[Path, pydicom.Dataset]] = []
+        segs: list[tuple[Path, pydicom.Dataset]] = []
         for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
             try:
                 dataset = pydicom.dcmread(path)
@@ -393,8 +399,8 @@ class DicomSegLoader(Loader):
                 f"case {case}: {folder} holds {len(segs)} SEG and {len(images)} image file(s); expected 1 SEG"
             )
         try:
-            normal = np.cross(*np.reshape(np.asarray(images[0][1].ImageOrientationPatient, float), (2, 3)))
-            images.sort(key=lambda item: float(np.dot(normal, np.asarray(item[1].ImagePositionPatient, float))))
+            normal = np.cross(*np.reshape(np.asarray(images[0][1].ImageOrientationPatient, np.float64), (2, 3)))
+            images.sort(key=lambda item: float(np.dot(normal, np.asarray(item[1].ImagePositionPatient, np.float64))))
             volume = np.stack([apply_modality_lut(d.pixel_array, d).astype(np.float64) for _, d in images])
         except (AttributeError, KeyError, ValueError, TypeError, RuntimeError, NotImplementedError):
             raise DataError(
@@ -444,6 +450,8 @@ def mask_boxes(mask: np.ndarray, per: Literal["component", "label"] = "component
     if per == "component":
         regions, _ = ndimage.label(mask, structure=CONNECTIVITY)
     else:
+        if label is None:
+            raise TypeError("mask_boxes(per='label') needs `label`, the H x W label map; found None")
         regions = np.where(mask, label, 0)
         ids = np.unique(regions[regions != 0])
         regions = np.searchsorted(ids, regions) + 1
@@ -628,8 +636,8 @@ def load_task(spec: DataSpec | Mapping[str, Any]) -> tuple[Task, Task, dict[str,
     for case in ids:
         for volume in loader.read(case):
             found.update(int(v) for v in np.unique(volume.label))
-            part = slices["calibration" if case in in_calibration else "test"]
-            part += case_slices(
+            split = slices["calibration" if case in in_calibration else "test"]
+            split += case_slices(
                 volume, spec.labels, spec.preset, spec.axis, spec.min_component, spec.boxes, spec.jitter, spec.seed
             )
     if not found & set(spec.labels):
@@ -653,8 +661,8 @@ def load_task(spec: DataSpec | Mapping[str, Any]) -> tuple[Task, Task, dict[str,
         "slices": {part: len(chosen) for part, chosen in slices.items()},
         "spec": spec.model_dump(mode="json"),
     }
-    tasks = (
+    calibration_task, test_task = (
         Task(spec.name, _ordered(slices[part], spec.seed), spec.modality, {"split": record, "part": part})
         for part in ("calibration", "test")
     )
-    return (*tasks, record)
+    return calibration_task, test_task, record

@@ -64,9 +64,10 @@ class MaskScorer:
         low_res = (int(logits.shape[-2]), int(logits.shape[-1]))
         key = (frame, low_res)
         if key not in self._matrices:
-            rows, cols = self.geometry.mask_matrices(low_res, frame, self.size)
-            self._matrices[key] = tuple(
-                torch.tensor(m, dtype=torch.float32, device=self.device) for m in (rows, cols.T)
+            row_matrix, col_matrix = self.geometry.mask_matrices(low_res, frame, self.size)
+            self._matrices[key] = (
+                torch.tensor(row_matrix, dtype=torch.float32, device=self.device),
+                torch.tensor(col_matrix.T, dtype=torch.float32, device=self.device),
             )
         rows, cols_t = self._matrices[key]
         return rows @ POINTWISE[self.geometry.name](logits.float()) @ cols_t > self.geometry.threshold

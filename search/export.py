@@ -209,6 +209,7 @@ def _export(
             external_data=False,
             verbose=False,
         )
+    assert program is not None, "torch.onnx.export returns its ONNXProgram when dynamo=True"
     model = program.model_proto
     onnx.checker.check_model(model)
     return model

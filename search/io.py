@@ -30,8 +30,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(temp_path)` on a temporary file beside `path`, then rename it over `path`.
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(temp_path)` (what it returns, e.g. `Path.write_text`'s count, is ignored) on a temporary file
+    beside `path`, then rename it over `path`.
 
     The file gets the mode any tool would give it (0o666 less the umask), not mkstemp's 0o600. On any failure the
     temporary file is removed and `path` is left as it was.

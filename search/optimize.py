@@ -148,6 +148,12 @@ class DaskPool:
             self.cluster.close()
 
 
+def _budget(info: TrialInfo) -> int:
+    """A multi-fidelity trial's budget (SMAC's float) as the whole number of slices it is evaluated on."""
+    assert info.budget is not None, "a multi-fidelity intensifier gives every trial a budget"
+    return round(info.budget)
+
+
 def _ask(smac) -> TrialInfo:
     """SMAC's next trial, without the "Mean of empty slice" RuntimeWarning it raises on most asks: SMAC 2.4's
     LocalSearch._search (smac/acquisition/maximizer/local_search.py) ends with a debug log of np.mean(times), its
@@ -313,16 +319,16 @@ class Search:
                         start = time.perf_counter()
                         info = _ask(smac)
                         recipe = space.to_recipe(info.config)
-                        budget = round(info.budget) if multi_fidelity else high
+                        budget = _budget(info) if multi_fidelity else high
                         executor.submit(asked, recipe_yaml(recipe), budget)
                         in_flight[asked] = (info, time.perf_counter() - start, budget)
                         asked += 1
                     if not in_flight:
                         break
-                    key, result = executor.next_result()
+                    key, returned = executor.next_result()
                     info, smac_s, budget = in_flight.pop(key)
                     start = time.perf_counter()
-                    entry = self._record(key, info, budget, result)
+                    entry = self._record(key, info, budget, returned)
                     smac.tell(info, self._value(entry))
                     entry["timings"]["smac"] = smac_s + time.perf_counter() - start
                     self.journal.append(entry)
@@ -363,7 +369,7 @@ class Search:
         while pending:
             info = _ask(smac)
             asked = _plain(info.config)
-            budget = round(info.budget) if multi_fidelity else None
+            budget = _budget(info) if multi_fidelity else None
             match = next(
                 (e for e in pending if e["config"] == asked and (budget is None or e["budget"] == budget)), None
             )

@@ -162,7 +162,9 @@ def served_dice(encoder: Path, decoder: Path, geometry: str, size: int, tasks: M
             image, frame = shape.prepare(piece.image, size)
             (embedding,) = encode_jobs({"gate": served}, [EncodeJob(model="gate", image=image, resized=frame.resized)])
             masks, _ = served.decode(Embedding(embedding, frame), [imaging.SparsePrompt(box) for box in piece.boxes])
-            scores[i] = dice(masks.any(axis=0), piece.mask)
+            union = masks.any(axis=0)
+            assert isinstance(union, np.ndarray), "decode's masks are (N, h, w): their union is an h x w array"
+            scores[i] = dice(union, piece.mask)
         result[name] = case_mean(task, scores)
     return result
 

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 from search.baselines import Baseline, baselines, trained_convention  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
@@ -152,7 +153,7 @@ def recipe_plot(recipe: Recipe, path: Path) -> str:
         colLabels=["layer group", "method", "parameters"],
         cellLoc="left",
         colWidths=[0.42, 0.12, 0.46],
-        bbox=[0, 0, 1, 1],
+        bbox=Bbox.from_bounds(0, 0, 1, 1),
     )
     table.auto_set_font_size(False)
     table.set_fontsize(8)

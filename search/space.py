@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ConfigSpace import Categorical, Configuration, ConfigurationSpace, EqualsCondition, Float, InCondition
+from ConfigSpace.hyperparameters import Hyperparameter
 
 from search.architectures import SamArchitecture
 from search.groups import Granularity, layer_groups
-from search.merge import FloatParam, InputChoice, get_method
+from search.merge import FloatParam, InputChoice, MergeMethod, get_method
 from search.recipe import GranularitySpec, GroupEntry, InputModel, Preprocessing, Recipe
 
 COMPONENTS = ("encoder", "prompt", "decoder")
@@ -100,14 +101,14 @@ class SearchSpace:
         self.space.add(hyperparameters)
         self.space.add(conditions)
 
-    def _method_hyperparameters(self, group: str, method) -> list[Any]:
-        result = []
+    def _method_hyperparameters(self, group: str, method: MergeMethod) -> list[Hyperparameter]:
+        result: list[Hyperparameter] = []
         for p in method.params:
             prefix = f"{group}/{method.name}.{p.name}"
             if isinstance(p, InputChoice):
                 result.append(Categorical(prefix, self.inputs, default=self.inputs[0]))
-            elif p.keys(self.inputs) is not None:
-                result += [Float(f"{prefix}.{i}", (p.low, p.high), default=p.default) for i in p.keys(self.inputs)]
+            elif (keys := p.keys(self.inputs)) is not None:
+                result += [Float(f"{prefix}.{i}", (p.low, p.high), default=p.default) for i in keys]
             else:
                 result.append(Float(prefix, (p.low, p.high), default=p.default))
         return result
@@ -124,8 +125,8 @@ class SearchSpace:
             params: dict[str, Any] = {}
             for p in method.params:
                 key = f"{name}/{method.name}.{p.name}"
-                if isinstance(p, FloatParam) and p.keys(self.inputs) is not None:
-                    params[p.name] = {i: float(values[f"{key}.{i}"]) for i in p.keys(self.inputs)}
+                if isinstance(p, FloatParam) and (keys := p.keys(self.inputs)) is not None:
+                    params[p.name] = {i: float(values[f"{key}.{i}"]) for i in keys}
                 else:
                     params[p.name] = values[key] if isinstance(p, InputChoice) else float(values[key])
             groups.append(GroupEntry(group=name, method=method.name, params=params))
@@ -157,8 +158,8 @@ class SearchSpace:
             params = {**method.defaults(self.inputs), **given}
             for p in method.params:
                 key = f"{name}/{method_name}.{p.name}"
-                if isinstance(p, FloatParam) and p.keys(self.inputs) is not None:
-                    values.update({f"{key}.{i}": float(params[p.name][i]) for i in p.keys(self.inputs)})
+                if isinstance(p, FloatParam) and (keys := p.keys(self.inputs)) is not None:
+                    values.update({f"{key}.{i}": float(params[p.name][i]) for i in keys})
                 else:
                     values[key] = params[p.name]
         return Configuration(self.space, values=values)

@@ -272,7 +272,7 @@ def shape_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     texture = ndimage.gaussian_filter(rng.normal(size=(h, w)), rng.uniform(1, 6))
     image = rng.uniform(40, 200) + rng.uniform(5, 40) * texture / (texture.std() + 1e-8)
-    masks = []
+    masks: list[np.ndarray] = []
     for _ in range(int(rng.integers(1, 5))):
         cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
         radius = rng.uniform(6, 0.3 * min(h, w))

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from http import HTTPStatus
-from io import BytesIO
+from io import BufferedReader, BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -138,9 +138,10 @@ def _decodable_syntaxes() -> list[UID]:
 
 
 Source = Path | bytes  # an upload spooled to disk, or an instance a PACS sent
+Stream = BytesIO | BufferedReader  # what `_opener` opens: a BinaryIO that hashlib.file_digest can also read into
 
 
-def _opener(source: Source) -> Callable[[], BinaryIO]:
+def _opener(source: Source) -> Callable[[], Stream]:
     """A function opening `source` for reading; bytes are shared, not copied, by each BytesIO."""
     if isinstance(source, bytes):
         return lambda: BytesIO(source)
@@ -152,7 +153,7 @@ def _past_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag.group != 2
 
 
-def _parse(open_source: Callable[[], BinaryIO]) -> tuple[Dataset, int]:
+def _parse(open_source: Callable[[], Stream]) -> tuple[Dataset, int]:
     """The parsed header of a complete DICOM Part 10 file (values of `_DEFER_BYTES` or more left unread) and the
     file's size, or 400 when it is not one."""
     with open_source() as stream:
@@ -397,7 +398,7 @@ class DicomImage:
         self,
         dataset: Dataset,
         decoder: Decoder,
-        open_source: Callable[[], BinaryIO],
+        open_source: Callable[[], Stream],
         pixels: RawDataElement,
         budget: PixelBudget,
         *,
@@ -568,9 +569,8 @@ class DicomImage:
         if preset is not None:
             image = _to_uint8(values, preset)
         else:
-            image = self._file_voi(frame, values)
-            if image is None:
-                image = _to_uint8(values, default_preset(self))
+            voi = self._file_voi(frame, values)
+            image = voi if voi is not None else _to_uint8(values, default_preset(self))
         return 255 - image if self._monochrome1 else image
 
     def _file_voi(self, frame: int, values: np.ndarray) -> np.ndarray | None:

@@ -36,7 +36,7 @@ from pydicom.valuerep import DA, TM
 from service.dicom import DicomImage, check_per_frame_groups
 from service.errors import RequestError
 from service.schemas import check_segment_label
-from service.volume import Volume, stack_planes
+from service.volume import SliceImage, Volume, stack_planes
 
 __all__ = [
     "Algorithm",
@@ -109,16 +109,20 @@ def build_seg(
 def build_series_seg(volume: Volume, masks: Sequence[SliceMask], algorithm: Algorithm) -> hd.seg.Segmentation:
     """One DICOM SEG for a whole series: its source images are every instance of `volume` (a single-frame series'
     instances, or the one enhanced multi-frame instance), its frames the slices `masks` are not empty on."""
-    instances: dict[int, tuple[int, DicomImage]] = {}  # id(image) -> (source index, image), in slice order
-    for item in volume.slices:
-        instances.setdefault(id(item.image), (len(instances), item.image))
+    instances: dict[int, tuple[int, SliceImage]] = {}  # id(image) -> (source index, image), in slice order
+    for plane in volume.slices:
+        instances.setdefault(id(plane.image), (len(instances), plane.image))
     items = []
-    for index, item in enumerate(masks):
-        if not 0 <= item.slice < len(volume):
-            raise RequestError(f"expected mask {index}'s slice in 0..{len(volume) - 1}, found {item.slice}")
-        where = volume.slices[item.slice]
-        items.append(InstanceMask(item.label, instances[id(where.image)][0], where.frame, item.mask))
-    return build_instances_seg([image.dataset for _, image in instances.values()], items, algorithm)
+    for index, mask in enumerate(masks):
+        if not 0 <= mask.slice < len(volume):
+            raise RequestError(f"expected mask {index}'s slice in 0..{len(volume) - 1}, found {mask.slice}")
+        where = volume.slices[mask.slice]
+        items.append(InstanceMask(mask.label, instances[id(where.image)][0], where.frame, mask.mask))
+    sources = []
+    for _, image in instances.values():
+        assert isinstance(image, DicomImage), "a series SEG is asked for only on a DICOM series' volume"
+        sources.append(image.dataset)
+    return build_instances_seg(sources, items, algorithm)
 
 
 def build_instances_seg(
@@ -238,6 +242,7 @@ def _highdicom_copy(source: pydicom.Dataset, orientation: Any = None) -> pydicom
     copy.file_meta = source.file_meta
     for keyword, value in replaced.items():
         tag = tag_for_keyword(keyword)
+        assert tag is not None, "the keywords replaced are the dictionary keywords named above"
         copy[tag] = pydicom.DataElement(tag, dictionary_VR(tag), value)
     return copy
 

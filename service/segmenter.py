@@ -32,7 +32,7 @@ from service.errors import RequestError
 from service.propagation import Ask, SliceAnswer, plan, propagate
 from service.schemas import EncodeJob, Prompt, SeriesPrompt
 from service.store import LoadedModel
-from service.volume import Volume
+from service.volume import SliceImage, Volume
 
 Encode = Callable[[list[EncodeJob]], list[np.ndarray]]
 
@@ -92,7 +92,9 @@ class Served:
                 "point_coords": np.stack([rows[i][0] for i in indices]),
                 "point_labels": np.stack([rows[i][1] for i in indices]),
             }
-            logits, iou = self.model.decoder.run(None, feed)
+            decoder = self.model.decoder
+            assert decoder is not None, "decode runs only where the decoder graph was loaded (the front service)"
+            logits, iou = decoder.run(None, feed)
             ious[indices] = iou
             masks[indices] = self.geometry.mask_to_image(logits, frame, self.size)
         return masks, ious
@@ -118,7 +120,9 @@ def encode_jobs(models: Mapping[str, Served], jobs: Sequence[EncodeJob]) -> list
     for name, indices in by_model.items():
         images = np.stack([np.asarray(jobs[i]["image"], np.uint8) for i in indices])
         resized = np.array([jobs[i]["resized"] for i in indices], np.int64)
-        (embeddings,) = models[name].model.encoder.run(None, {"image": images, "resized_hw": resized})
+        encoder = models[name].model.encoder
+        assert encoder is not None, "encode_jobs runs only where the encoder graph was loaded (the encoder service)"
+        (embeddings,) = encoder.run(None, {"image": images, "resized_hw": resized})
         for i, embedding in zip(indices, embeddings, strict=True):
             out[i] = embedding
     return out  # type: ignore[return-value]
@@ -335,7 +339,7 @@ class Segmenter:
         except imaging.ImagingError as error:
             raise RequestError(str(error)) from None
 
-    def _embeddings(self, items: Sequence[tuple[DicomImage, int, str, str | None]]) -> tuple[list[Embedding], int]:
+    def _embeddings(self, items: Sequence[tuple[SliceImage, int, str, str | None]]) -> tuple[list[Embedding], int]:
         """The embedding of each (image, frame, model, window), in order, and how many were encoded: every frame
         decoded and displayed (so checked) first, then taken from the cache, else encoded in one call for all
         misses."""

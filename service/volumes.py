@@ -97,9 +97,9 @@ class StoredVolume:
         """The volume the segmenter walks: slice k of `data` (see the module docstring) at its position along k."""
         image = ArrayImage(self.data, self.digest)
         step = float(np.linalg.norm(self.affine[:3, 2])) or 1.0
-        normal = self.affine[:3, 2] / step
+        x, y, z = (float(v) for v in self.affine[:3, 2] / step)
         slices = tuple(Slice(image, k, "", k * step) for k in range(self.data.shape[2]))
-        return Volume(slices, self.data.shape[1], self.data.shape[0], step, tuple(float(v) for v in normal))
+        return Volume(slices, self.data.shape[1], self.data.shape[0], step, (x, y, z))
 
 
 class ArrayImage:
@@ -152,11 +152,14 @@ class NiftiFormat:
     def read(path: Path, limits: Limits) -> StoredVolume:
         try:
             image = nibabel.load(path)
-            shape = tuple(int(n) for n in image.shape)
         except Exception:  # nibabel's messages quote header fields
             raise _not_a("NIfTI") from None
         if not isinstance(image, nibabel.Nifti1Image | nibabel.Nifti2Image):
             raise _not_a("NIfTI")
+        try:
+            shape = tuple(int(n) for n in image.shape)
+        except Exception:  # nibabel's messages quote header fields
+            raise _not_a("NIfTI") from None
         limits.check(shape)
         try:
             data = np.asarray(image.get_fdata(dtype=np.float32))

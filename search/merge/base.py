@@ -81,8 +81,8 @@ class MergeMethod:
         for p in self.params:
             if isinstance(p, InputChoice):
                 result[p.name] = inputs[0]
-            elif p.keys(inputs) is not None:
-                result[p.name] = {name: p.default for name in p.keys(inputs)}
+            elif (keys := p.keys(inputs)) is not None:
+                result[p.name] = {name: p.default for name in keys}
             else:
                 result[p.name] = p.default
         return result

@@ -97,7 +97,8 @@ def task_vector_merge(
     return torch.add(anchor, combined, alpha=params["lambda"]).to(base.dtype)
 
 
-for name, sparsify, consensus, params, reference, summary in (
+# (name, sparsify, consensus, params, reference, summary) of each variant registered below.
+_VARIANTS: tuple[tuple[str, Sparsify, bool, tuple[FloatParam, ...], str, str], ...] = (
     (
         "task_arithmetic",
         "none",
@@ -130,7 +131,8 @@ for name, sparsify, consensus, params, reference, summary in (
         "https://arxiv.org/abs/2311.03099",
         "random drop and rescale, then TIES' sign consensus",
     ),
-):
+)
+for name, sparsify, consensus, params, reference, summary in _VARIANTS:
     register(
         MergeMethod(
             name=name,
