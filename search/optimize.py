@@ -346,21 +346,20 @@ class Search:
         result = self._result(space, entries, high)
         self._write_outputs(result, space)
         if self.write_report:
-            from search.report import write_report
-
-            columns = (TextColumn("[bold]report[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("models scored"))
-            timing = (TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-            with Progress(*columns, *timing, console=self.console, disable=not self.show_progress) as bar:
-                rows = bar.add_task("report", total=None)
-                write_report(
-                    self.out,
-                    self.config,
-                    runner,
-                    result,
-                    space,
-                    lambda done, total: bar.update(rows, completed=done, total=total),
-                )
+            self._report(runner, result, space)
         return result
+
+    def _report(self, runner: TrialRunner, result: SearchResult, space: SearchSpace) -> None:
+        """Write the report under its own progress bar: scoring every input and baseline on both splits can take as
+        long as the search did."""
+        from search.report import write_report
+
+        columns = (TextColumn("[bold]report[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("models scored"))
+        timing = (TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+        with Progress(*columns, *timing, console=self.console, disable=not self.show_progress) as progress:
+            rows = progress.add_task("report", total=None)
+            scored = lambda done, total: progress.update(rows, completed=done, total=total)  # noqa: E731
+            write_report(self.out, self.config, runner, result, space, scored)
 
     def _replay(self, smac, recorded: list[dict[str, Any]], multi_fidelity: bool) -> list[dict[str, Any]]:
         """Tell a fresh SMAC every recorded trial, asking for each again first (see the module docstring)."""
