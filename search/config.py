@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search.data import DataSpec
 from search.errors import MedSAMixError, first_validation_error
-from search.io import require_file, yaml_mapping
+from search.files import require_file, yaml_mapping
 from search.merge import METHODS
 from search.space import COMPONENTS, SpaceSpec
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scipy import ndimage
 
 from search.errors import DataError, first_validation_error
-from search.io import require_file
+from search.files import require_file
 from search.tasks import Slice, Task
 from service.imaging import PRESETS, ImagingError, to_uint8
 

@@ -37,7 +37,7 @@ from smac.runhistory.enumerations import StatusType
 from search.baselines import baselines, initial_configurations
 from search.config import ConfigError, SearchConfig
 from search.errors import MedSAMixError
-from search.io import atomic_write
+from search.files import atomic_write
 from search.journal import Journal
 from search.recipe import InputModel, Recipe, recipe_yaml, save_recipe
 from search.space import SearchSpace

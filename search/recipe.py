@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from search.architectures import ARCHITECTURES, SamArchitecture, get_architecture
 from search.errors import MergeError, RecipeError, first_validation_error
+from search.files import atomic_write, require_file, yaml_mapping
 from search.groups import Granularity, LayerGroup, layer_groups
-from search.io import atomic_write, require_file, yaml_mapping
 from search.merge import MergeMethod, get_method
 
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from search.baselines import Baseline, baselines, trained_convention  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
-from search.io import atomic_write  # noqa: E402
+from search.files import atomic_write  # noqa: E402
 from search.merge.engine import MergeEngine  # noqa: E402
 from search.recipe import Recipe  # noqa: E402
 from search.scores import Table, markdown_table, score  # noqa: E402
