@@ -242,7 +242,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     from rich.progress import track
 
-    from search.batch import Client, load_prompts, segment
+    from search.pacs_batch import Client, load_prompts, segment
 
     prompts = load_prompts(Path(args.prompts))
     client = Client(args.server, args.token or os.environ.get("MEDSAMIX_TOKEN"), args.timeout)
