@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from search.errors import DataError, first_validation_error
 from search.files import require_file
-from search.tasks import Slice, Task
+from search.slices import Slice, Task
 from service.imaging import PRESETS, ImagingError, to_uint8
 
 __all__ = [

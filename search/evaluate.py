@@ -31,7 +31,7 @@ from search.architectures import SamArchitecture, build_sam
 from search.attention import use_fused_attention
 from search.device_imaging import MaskScorer, encoder_inputs
 from search.merge.engine import default_device
-from search.tasks import Task
+from search.slices import Task
 from search.timing import Stopwatch
 from service import imaging
 

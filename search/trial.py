@@ -23,7 +23,7 @@ from search.evaluate import Evaluator
 from search.merge.engine import MergeEngine
 from search.recipe import parse_recipe
 from search.scores import task_dice
-from search.tasks import Task
+from search.slices import Task
 from search.timing import Stopwatch
 
 
