@@ -24,7 +24,7 @@ from search.merge.engine import MergeEngine
 from search.recipe import parse_recipe
 from search.scores import task_dice
 from search.slices import Task
-from search.timing import Stopwatch
+from search.trial_timing import Stopwatch
 
 
 @dataclass
