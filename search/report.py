@@ -27,7 +27,7 @@ from search.merge.engine import MergeEngine  # noqa: E402
 from search.recipe import Recipe  # noqa: E402
 from search.scores import Table, markdown_table, score  # noqa: E402
 from search.space import SearchSpace  # noqa: E402
-from search.trial import TrialRunner  # noqa: E402
+from search.worker import TrialRunner  # noqa: E402
 
 SPLITS = ["calibration", "test"]
 METHOD_COLOURS = {
