@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +29,7 @@ from search.errors import MergeError, RecipeError, first_validation_error
 from search.files import atomic_write, require_file, yaml_mapping
 from search.groups import Granularity, LayerGroup, layer_groups
 from search.merge import MergeMethod, get_method
+from service.imaging import NormalizationName
 
 
 class _Strict(BaseModel):
@@ -42,7 +43,7 @@ class InputModel(_Strict):
 
 
 class Preprocessing(_Strict):
-    normalization: Literal["sam", "medsam"] = "sam"
+    normalization: NormalizationName = "sam"
 
 
 class GranularitySpec(_Strict):
@@ -148,7 +149,7 @@ def uniform_recipe(
     arch: SamArchitecture,
     method: str = "linear",
     granularity: Granularity = Granularity(),
-    normalization: Literal["sam", "medsam"] = "sam",
+    normalization: NormalizationName = "sam",
     seed: int = 0,
 ) -> Recipe:
     """One method at its declared defaults in every group: a starting point to edit, and the uniform baselines."""
