@@ -29,6 +29,7 @@ from search.errors import MergeError, RecipeError, first_validation_error
 from search.files import atomic_write, require_file, yaml_mapping
 from search.groups import Granularity, LayerGroup, layer_groups
 from search.merge import MergeMethod, get_method
+from service.errors import unknown_name
 from service.imaging import NormalizationName
 
 
@@ -74,7 +75,7 @@ class Recipe(_Strict):
     @classmethod
     def _known_architecture(cls, value: str | None) -> str | None:
         if value is not None and value not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture '{value}', expected one of {', '.join(ARCHITECTURES)}")
+            raise ValueError(unknown_name("architecture", value, ARCHITECTURES))
         return value
 
     @model_validator(mode="after")

@@ -35,6 +35,8 @@ from typing import Literal, TypeVar, get_args
 import numpy as np
 import numpy.typing as npt
 
+from service.errors import unknown_name
+
 __all__ = [
     "GEOMETRIES",
     "NORMALIZATIONS",
@@ -83,7 +85,7 @@ T = TypeVar("T")
 def _lookup(registry: Mapping[str, T], kind: str, name: object) -> T:
     if isinstance(name, str) and name in registry:
         return registry[name]
-    raise ImagingError(f"unknown {kind} {name!r}: expected one of {', '.join(registry)}")
+    raise ImagingError(unknown_name(kind, name, registry))
 
 
 def _describe(array: np.ndarray) -> str:
