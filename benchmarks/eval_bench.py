@@ -31,7 +31,7 @@ from benchmarks.merge_bench import make_engine, plan_for  # noqa: E402
 from search.architectures import get_architecture  # noqa: E402
 from search.attention import use_fused_attention  # noqa: E402
 from search.evaluate import Evaluator, decode_boxes  # noqa: E402
-from search.tasks import Slice, Task  # noqa: E402
+from search.slices import Slice, Task  # noqa: E402
 
 
 def median_time(fn: Callable[[], object], device: str, runs: int) -> float:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.export_bench import machine  # noqa: E402
 from benchmarks.serve_bench import cases, run_load  # noqa: E402
-from service.local import peak_memory_mib, reset_peak_memory, serve  # noqa: E402
+from testing.local_server import peak_memory_mib, reset_peak_memory, serve  # noqa: E402
 from tests.dicomfiles import blank_jpeg2000, ct_hu, ct_image, repeated_frames  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.export_bench import machine  # noqa: E402
 from search.zoo import ct_volume  # noqa: E402
-from service.local import serve  # noqa: E402
+from testing.local_server import serve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"

@@ -38,11 +38,11 @@ from benchmarks.serve_bench import vit_b_store  # noqa: E402
 from search.data import NnUNetLoader  # noqa: E402
 from service.cache import EmbeddingCache  # noqa: E402
 from service.dicom import read_dicom  # noqa: E402
-from service.local import serve  # noqa: E402
 from service.schemas import Prompt, SeriesPrompt  # noqa: E402
 from service.segmenter import Segmenter, Served, encode_jobs  # noqa: E402
 from service.store import ModelStore  # noqa: E402
 from service.volume import build_volume  # noqa: E402
+from testing.local_server import serve  # noqa: E402
 from tests.dicomfiles import ct_series, to_bytes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,7 +31,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.export_bench import machine  # noqa: E402
-from service.local import LocalServer, serve  # noqa: E402
+from testing.local_server import LocalServer, serve  # noqa: E402
 from tests.dicomfiles import ct_hu, ct_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

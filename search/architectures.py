@@ -12,6 +12,7 @@ from functools import cache, partial
 from typing import TYPE_CHECKING
 
 from search.errors import CheckpointError
+from service.errors import unknown_name
 from service.imaging import PIXEL_MEAN, PIXEL_STD
 
 if TYPE_CHECKING:
@@ -73,9 +74,7 @@ def get_architecture(name: str) -> SamArchitecture:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise CheckpointError(
-            f"unknown SAM architecture '{name}': expected one of {', '.join(ARCHITECTURES)}"
-        ) from None
+        raise CheckpointError(unknown_name("SAM architecture", name, ARCHITECTURES)) from None
 
 
 def build_sam(arch: SamArchitecture | str, device: torch.device | str = "cpu") -> Sam:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 
+from service.errors import unknown_name
+
 # (attention, q, k, v, (H, W)) -> output; q, k, v and the output (B, heads, HW, head_dim).
 RelPosAttention = Callable[[Attention, torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
 
@@ -72,7 +74,7 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
     if kernel == "auto":
         return "triton" if device.type == "cuda" and importlib.util.find_spec("triton") is not None else "sdpa"
     if kernel not in KERNELS:
-        raise ValueError(f"unknown attention kernel '{kernel}': expected one of auto, {', '.join(KERNELS)}")
+        raise ValueError(unknown_name("attention kernel", kernel, ("auto", *KERNELS)))
     return kernel
 
 

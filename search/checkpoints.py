@@ -21,7 +21,7 @@ from safetensors.torch import save as save_safetensors
 
 from search.architectures import ARCHITECTURES, SamArchitecture, identify, state_layout
 from search.errors import CheckpointError
-from search.io import atomic_write, require_file
+from search.files import atomic_write, require_file
 from service.manifest import sha256_file
 
 # Buffers that some files carry but that belong to the input convention, not to the weights.

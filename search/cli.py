@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from search.errors import MedSAMixError, MedSAMixWarning
+from service.imaging import NORMALIZATION_NAMES
 
 console = Console()
 EXIT_USER_ERROR = 2
@@ -243,7 +244,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     from rich.progress import track
 
-    from search.batch import Client, load_prompts, segment
+    from search.pacs_batch import Client, load_prompts, segment
 
     prompts = load_prompts(Path(args.prompts))
     client = Client(args.server, args.token or os.environ.get("MEDSAMIX_TOKEN"), args.timeout)
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("models", nargs="+", help="fine-tuned checkpoints, optionally NAME=PATH")
     recipe.add_argument("-o", "--output", required=True)
     recipe.add_argument("--method", default="linear")
-    recipe.add_argument("--normalization", choices=("sam", "medsam"), default="sam")
+    recipe.add_argument("--normalization", choices=NORMALIZATION_NAMES, default="sam")
     recipe.add_argument("--seed", type=int, default=0)
     _granularity(recipe)
     recipe.set_defaults(run=cmd_recipe)
@@ -329,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="Dice per task of a recipe or checkpoint on calibration/test")
     evaluate.add_argument("model", help="a merge recipe (.yaml) or a checkpoint")
     evaluate.add_argument("--tasks", required=True, help="a YAML file with a 'tasks' list (e.g. a search config)")
-    evaluate.add_argument("--normalization", choices=["sam", "medsam"], default=None, help="override the convention")
+    evaluate.add_argument("--normalization", choices=NORMALIZATION_NAMES, default=None, help="override the convention")
     evaluate.add_argument("--split", choices=["calibration", "test", "both"], default="both")
     evaluate.add_argument("--device", default=None)
     evaluate.set_defaults(run=cmd_evaluate)

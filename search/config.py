@@ -26,15 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.data import DataSpec
 from search.errors import MedSAMixError, first_validation_error
-from search.io import require_file, yaml_mapping
+from search.files import require_file, yaml_mapping
 from search.merge import METHODS
 from search.space import COMPONENTS, SpaceSpec
+from service.imaging import NORMALIZATION_NAMES, NormalizationName
 
 
 class ConfigError(MedSAMixError):
@@ -48,7 +49,7 @@ class _Strict(BaseModel):
 class InputSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     path: Path
-    normalization: Literal["sam", "medsam"] = "sam"
+    normalization: NormalizationName = "sam"
 
 
 class Budget(_Strict):
@@ -83,7 +84,7 @@ class SearchConfig(_Strict):
     budget: Budget = Budget()
     granularity: dict[str, list[int]] = Field(default={"encoder": [2], "prompt": [1], "decoder": [2]})
     methods: list[str] = Field(default=["linear", "task_arithmetic", "ties", "slerp", "pick"], min_length=1)
-    normalizations: list[Literal["sam", "medsam"]] = Field(default=["sam", "medsam"], min_length=1)
+    normalizations: list[NormalizationName] = Field(default=list(NORMALIZATION_NAMES), min_length=1)
     initial_design: InitialDesign = InitialDesign()
     pick: str = "mean"
     seed: int = Field(default=0, ge=0)
@@ -206,5 +207,5 @@ def load_conventions(path: str | Path) -> dict[str, str]:
     return {
         e["name"]: e["normalization"]
         for e in entries
-        if isinstance(e, dict) and isinstance(e.get("name"), str) and e.get("normalization") in ("sam", "medsam")
+        if isinstance(e, dict) and isinstance(e.get("name"), str) and e.get("normalization") in NORMALIZATION_NAMES
     }

@@ -35,8 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scipy import ndimage
 
 from search.errors import DataError, first_validation_error
-from search.io import require_file
-from search.tasks import Slice, Task
+from search.files import require_file
+from search.slices import Slice, Task
+from service.errors import unknown_name
 from service.imaging import PRESETS, ImagingError, to_uint8
 
 __all__ = [
@@ -432,7 +433,7 @@ def get_loader(name: str) -> type[Loader]:
     try:
         return LOADERS[name]
     except (KeyError, TypeError):
-        raise DataError(f"unknown data format {name!r}: expected one of {', '.join(LOADERS)}") from None
+        raise DataError(unknown_name("data format", name, LOADERS)) from None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -581,14 +582,14 @@ class DataSpec(BaseModel):
     @classmethod
     def _known_preset(cls, value: str | None) -> str | None:
         if value is not None and value not in PRESETS:
-            raise ValueError(f"unknown intensity preset {value!r}: expected one of {', '.join(PRESETS)}")
+            raise ValueError(unknown_name("intensity preset", value, PRESETS))
         return value
 
     @field_validator("format")
     @classmethod
     def _known_format(cls, value: str) -> str:
         if value not in LOADERS:
-            raise ValueError(f"unknown data format {value!r}: expected one of {', '.join(LOADERS)}")
+            raise ValueError(unknown_name("data format", value, LOADERS))
         return value
 
 

@@ -31,8 +31,8 @@ from search.architectures import SamArchitecture, build_sam
 from search.attention import use_fused_attention
 from search.device_imaging import MaskScorer, encoder_inputs
 from search.merge.engine import default_device
-from search.tasks import Task
-from search.timing import Stopwatch
+from search.slices import Task
+from search.trial_timing import Stopwatch
 from service import imaging
 
 # The prompt kinds (`service.manifest.PROMPT_KINDS`) this evaluator scores a model with, so its scores and the

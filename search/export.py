@@ -52,8 +52,8 @@ from search.checkpoints import DROPPED_KEYS, load_checkpoint
 from search.data import DataSpec
 from search.errors import ExportError, MedSAMixWarning
 from search.evaluate import SCORED_PROMPTS, decode_boxes
+from search.files import atomic_write_dir
 from search.gate import quality_gate
-from search.io import atomic_write_dir
 from search.merge.engine import load_recipe_inputs
 from search.quantize import QUANTIZED_OP_TYPES, Int8Plan, int8_gate, quantize_encoder
 from search.recipe import Recipe, load_recipe, recipe_yaml

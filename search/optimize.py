@@ -37,11 +37,11 @@ from smac.runhistory.enumerations import StatusType
 from search.baselines import baselines, initial_configurations
 from search.config import ConfigError, SearchConfig
 from search.errors import MedSAMixError
-from search.io import atomic_write
+from search.files import atomic_write
 from search.journal import Journal
 from search.recipe import InputModel, Recipe, recipe_yaml, save_recipe
 from search.space import SearchSpace
-from search.trial import TrialRunner, run_trial
+from search.worker import TrialRunner, run_trial
 
 CRASH_LIMIT = 5  # consecutive crashed trials that stop a search: something is broken, not unlucky
 CRASH_COST = 1.0  # 1 - Dice of an empty prediction: what SMAC's surrogate is told a crashed trial scored

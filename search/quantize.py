@@ -27,7 +27,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from search.data import DataSpec, load_task
 from search.evaluate import case_mean, dice
-from search.tasks import Task
+from search.slices import Task
 from service import imaging
 from service.cache import Embedding
 from service.manifest import DECODER_FILE, ENCODER_FILE

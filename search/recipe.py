@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.architectures import ARCHITECTURES, SamArchitecture, get_architecture
 from search.errors import MergeError, RecipeError, first_validation_error
+from search.files import atomic_write, require_file, yaml_mapping
 from search.groups import Granularity, LayerGroup, layer_groups
-from search.io import atomic_write, require_file, yaml_mapping
 from search.merge import MergeMethod, get_method
+from service.errors import unknown_name
+from service.imaging import NormalizationName
 
 
 class _Strict(BaseModel):
@@ -42,7 +44,7 @@ class InputModel(_Strict):
 
 
 class Preprocessing(_Strict):
-    normalization: Literal["sam", "medsam"] = "sam"
+    normalization: NormalizationName = "sam"
 
 
 class GranularitySpec(_Strict):
@@ -73,7 +75,7 @@ class Recipe(_Strict):
     @classmethod
     def _known_architecture(cls, value: str | None) -> str | None:
         if value is not None and value not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture '{value}', expected one of {', '.join(ARCHITECTURES)}")
+            raise ValueError(unknown_name("architecture", value, ARCHITECTURES))
         return value
 
     @model_validator(mode="after")
@@ -148,7 +150,7 @@ def uniform_recipe(
     arch: SamArchitecture,
     method: str = "linear",
     granularity: Granularity = Granularity(),
-    normalization: Literal["sam", "medsam"] = "sam",
+    normalization: NormalizationName = "sam",
     seed: int = 0,
 ) -> Recipe:
     """One method at its declared defaults in every group: a starting point to edit, and the uniform baselines."""

@@ -23,12 +23,12 @@ from matplotlib.transforms import Bbox  # noqa: E402
 
 from search.baselines import Baseline, baselines, trained_convention  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
-from search.io import atomic_write  # noqa: E402
+from search.files import atomic_write  # noqa: E402
 from search.merge.engine import MergeEngine  # noqa: E402
 from search.recipe import Recipe  # noqa: E402
 from search.scores import Table, markdown_table, score  # noqa: E402
 from search.space import SearchSpace  # noqa: E402
-from search.trial import TrialRunner  # noqa: E402
+from search.worker import TrialRunner  # noqa: E402
 
 SPLITS = ["calibration", "test"]
 METHOD_COLOURS = {

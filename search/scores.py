@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 
 from search.evaluate import Evaluator, case_mean
-from search.tasks import Task
+from search.slices import Task
 
 Table = dict[str, dict[str, dict[str, float]]]  # row (model) -> task -> split -> Dice
 

@@ -26,6 +26,7 @@ from search.architectures import SamArchitecture
 from search.groups import Granularity, layer_groups
 from search.merge import FloatParam, InputChoice, MergeMethod, get_method
 from search.recipe import GranularitySpec, GroupEntry, InputModel, Preprocessing, Recipe
+from service.imaging import NORMALIZATION_NAMES
 
 COMPONENTS = ("encoder", "prompt", "decoder")
 
@@ -41,7 +42,7 @@ class SpaceSpec:
 
     granularity: Mapping[str, Sequence[int]]  # component -> values (one value: fixed)
     methods: Sequence[str]
-    normalizations: Sequence[str] = ("sam", "medsam")
+    normalizations: Sequence[str] = NORMALIZATION_NAMES
 
 
 class SearchSpace:

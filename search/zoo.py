@@ -43,7 +43,7 @@ from scipy import ndimage
 from search.architectures import build_sam, get_architecture
 from search.errors import DataError
 from search.evaluate import decode_boxes
-from search.io import atomic_write
+from search.files import atomic_write
 from search.iou_head import HEAD_PREFIX, fit_head, head_inputs
 from service import imaging
 

@@ -1,6 +1,6 @@
 """Whether the client of the request being served is still there, so that work nobody will read is dropped.
 
-The ASGI guard (`service.http.Guard`) starts watching the connection once a request's body is in and sets the
+The ASGI guard (`service.middleware.Guard`) starts watching the connection once a request's body is in and sets the
 request's event when the client leaves before the answer is sent. Long work (decoding frames, encoding, decoding
 masks) calls `check()` between its steps. The event travels in a context variable: it reaches the thread BentoML
 runs a sync API method on (anyio copies the context), and outside a request (tests and benchmarks that call the

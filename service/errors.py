@@ -6,7 +6,14 @@ only sizes, counts, indices, transfer-syntax UIDs and names the service itself d
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from http import HTTPStatus
+
+
+def unknown_name(kind: str, name: object, known: Iterable[str]) -> str:
+    """The one sentence a lookup by name fails with, whatever the registry (presets, formats, methods, sizes):
+    `unknown <kind> '<name>': expected one of a, b, c`, the valid names in `known`'s order."""
+    return f"unknown {kind} {name!r}: expected one of {', '.join(known)}"
 
 
 class RequestError(ValueError):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from html import escape
 
 from service import __version__
-from service.http import ASGIApp, Receive, Scope, Send
+from service.middleware import ASGIApp, Receive, Scope, Send
 from service.schemas import ModelList
 
 STYLE = (

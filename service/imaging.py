@@ -30,14 +30,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import lru_cache
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 import numpy as np
 import numpy.typing as npt
 
+from service.errors import unknown_name
+
 __all__ = [
     "GEOMETRIES",
     "NORMALIZATIONS",
+    "NORMALIZATION_NAMES",
     "PIXEL_MEAN",
     "PIXEL_STD",
     "PRESETS",
@@ -48,6 +51,7 @@ __all__ = [
     "MedSamGeometry",
     "MinMax",
     "Normalization",
+    "NormalizationName",
     "Percentile",
     "PointLabel",
     "SamGeometry",
@@ -81,7 +85,7 @@ T = TypeVar("T")
 def _lookup(registry: Mapping[str, T], kind: str, name: object) -> T:
     if isinstance(name, str) and name in registry:
         return registry[name]
-    raise ImagingError(f"unknown {kind} {name!r}: expected one of {', '.join(registry)}")
+    raise ImagingError(unknown_name(kind, name, registry))
 
 
 def _describe(array: np.ndarray) -> str:
@@ -530,6 +534,11 @@ def _medsam_normalize(image: np.ndarray) -> np.ndarray:
     values = image.transpose(2, 0, 1).astype(np.float64)
     low = values.min()
     return ((values - low) / max(values.max() - low, 1e-8)).astype(np.float32)
+
+
+NormalizationName = Literal["sam", "medsam"]
+"""The names of the encoder input conventions: the one spelling of the vocabulary (recipes, configs, the CLI)."""
+NORMALIZATION_NAMES: tuple[NormalizationName, ...] = get_args(NormalizationName)
 
 
 @dataclass(frozen=True)

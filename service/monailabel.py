@@ -5,7 +5,7 @@ Routes (as MONAI Label's `monailabel/endpoints/` define them; the wire format is
 sees HTTP): `GET /info/`; `POST /infer/{model}?image=&session_id=&output=` with a multipart `params` (JSON) and an
 optional `file`; `PUT /session/`, `GET|DELETE /session/{id}`; `GET /datastore/` (an empty datastore: volumes come
 with the request); `GET /auth/`, `POST /auth/token`, `GET /auth/token/valid` (Slicer's login: the password is the
-bearer token). Every route but the two login ones is behind the service's bearer token (`service.http.Guard`).
+bearer token). Every route but the two login ones is behind the service's bearer token (`service.middleware.Guard`).
 
 Models. Each served model is one MONAI Label model of type `deepgrow`, dimension 3 (what Slicer's and OHIF's click
 panels list); its `labels` are its tasks, numbered from 1 in manifest order: the value a segmented voxel gets in the
@@ -57,7 +57,7 @@ from service.config import Settings
 from service.dicom import Source, part10
 from service.dicomweb import Pacs
 from service.errors import RequestError
-from service.http import OWNER, Tokens
+from service.middleware import OWNER, Tokens
 from service.schemas import SeriesPrompt
 from service.segmenter import Segmenter, SeriesSegmentation, Served
 from service.sessions import Sessions

@@ -37,9 +37,9 @@ from service.dicom import DicomImage, Limits, PixelBudget, Source, part10, read_
 from service.dicomweb import Pacs
 from service.errors import RequestError
 from service.home import HomePage
-from service.http import DocumentedErrors, Guard, OneSentence, Readiness, Tokens
 from service.manifest import PROMPT_KINDS
 from service.masks import encode_rle
+from service.middleware import DocumentedErrors, Guard, OneSentence, Readiness, Tokens
 from service.runtime import available_providers
 from service.schemas import (
     DicomwebRequest,

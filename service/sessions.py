@@ -2,7 +2,7 @@
 
 A session is temporary and bounded: at most `max_count` at once, `max_bytes` uploaded bytes in all, each living
 `ttl` seconds after its last use (a viewer's `expiry` may shorten that, never lengthen it). It belongs to the token
-that made it (`service.http.Tokens.owner`): another token's request finds no such session, exactly as for an
+that made it (`service.middleware.Tokens.owner`): another token's request finds no such session, exactly as for an
 unknown or expired id, so an id says nothing about whether it exists for someone else. Expired sessions are deleted
 by a sweeper thread and on every call; all of them when the service stops. Ids are 128 random bits.
 """

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from service.config import Settings
-from service.http import OPEN_PATHS
-from service.local import free_port
 from service.masks import encode_rle
+from service.middleware import OPEN_PATHS
+from testing.local_server import free_port
 from tests.test_packaging import DOCKERFILE, env_values, parse_dockerfile
 
 ROOT = Path(__file__).resolve().parents[1]

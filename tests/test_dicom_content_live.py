@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.local import LocalServer, serve
+from testing.local_server import LocalServer, serve
 from tests import dicomfiles as files
 from tests.test_dicom import DCMTK_JPG_EXTENDED_SHA256, NONFINITE_SENTENCE, palette_rgb
 from tests.test_service import masks_of, post, reference, refusal

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 from search.cli import main as cli
-from service.local import LocalServer, free_port, serve
 from service.masks import decode_rle
+from testing.local_server import LocalServer, free_port, serve
 from tests import dicomfiles as files
 from tests.test_service import refusal
 

@@ -9,7 +9,7 @@ from segment_anything import SamPredictor
 
 from search.architectures import ARCHITECTURES, build_sam
 from search.evaluate import Evaluator, case_mean, dice
-from search.tasks import Slice, Task
+from search.slices import Slice, Task
 from tests.conftest import fine_tune_of, tiny_state
 
 SHAPES = [(96, 140), (128, 128), (150, 70), (60, 61), (200, 180)]

@@ -410,10 +410,10 @@ def test_overwrite_where_folders_cannot_be_exchanged(
     tmp_path: Path, tiny_base, fake_graphs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without renameat2 (not Linux) the old folder is moved aside, then deleted once the new one is in place."""
-    import search.io
+    import search.files
 
     exchanges = []
-    monkeypatch.setattr(search.io, "_exchange", lambda a, b: exchanges.append((a, b)) or False)
+    monkeypatch.setattr(search.files, "_exchange", lambda a, b: exchanges.append((a, b)) or False)
     write_sam(tiny_base, tmp_path / "sam.pth")
     source = load_source(tmp_path / "sam.pth")
     export_model(source, "m", tmp_path / "models", version="1")

@@ -27,7 +27,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from service.local import LocalServer, peak_memory_mib, reset_peak_memory, serve
+from testing.local_server import LocalServer, peak_memory_mib, reset_peak_memory, serve
 from tests import dicomfiles as files
 from tests.test_service import AUTH, TOKEN, masks_of, metric, post, reference, refusal
 

@@ -504,5 +504,6 @@ def test_errors_are_one_line_naming_the_problem(case: str) -> None:
 def test_registries_list_their_names() -> None:
     assert {"ct_abdomen", "ct_brain", "ct_lung", "ct_bone", "mr", "minmax"} <= set(PRESETS)
     assert set(GEOMETRIES) == {"sam", "medsam"} and set(NORMALIZATIONS) == {"sam", "medsam"}
+    assert imaging.NORMALIZATION_NAMES == tuple(NORMALIZATIONS)  # the vocabulary configs and the CLI validate with
     assert (get_preset("ct_lung").level, get_preset("ct_lung").width) == (-600, 1500)
     assert (get_preset("ct_bone").level, get_preset("ct_bone").width) == (400, 1800)

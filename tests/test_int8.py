@@ -15,7 +15,7 @@ from search.data import load_task
 from search.errors import ExportError
 from search.export import export_model, load_source, relative_error
 from search.quantize import TOLERANCE, Int8Plan, model_inputs
-from search.tasks import Task
+from search.slices import Task
 from service import imaging
 from service.cache import Embedding
 from service.runtime import create_session

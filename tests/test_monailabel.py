@@ -25,8 +25,8 @@ import pytest
 import requests
 from monailabel.client.client import MONAILabelClient, MONAILabelClientException
 
-from service.local import LocalServer, serve
 from service.volumes import LPS_FROM_RAS
+from testing.local_server import LocalServer, serve
 from tests import dicomfiles as files
 from tests.test_dicomweb import PACS_PASSWORD, PACS_USER, Orthanc, orthanc  # noqa: F401
 from tests.test_series import SLICES, series, volume, volume_of  # noqa: F401

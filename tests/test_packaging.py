@@ -205,7 +205,7 @@ def test_dockerfile_serves_models_on_3000_as_non_root(dockerfile, bentofile):
 
 def test_dockerignore_keeps_the_context_small():
     patterns = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
-    for needed in (".git", ".venv", "runs", "tests", "**/__pycache__", "**/*.whl", ".whl"):
+    for needed in (".git", ".venv", "runs", "tests", "testing", "**/__pycache__", "**/*.whl", ".whl"):
         assert needed in patterns, f".dockerignore: add {needed}"
 
 
@@ -378,6 +378,18 @@ def test_bento_carries_the_service_and_a_verifiable_demo_model(bento):
     assert loaded.name == "demo"
 
 
+def test_bento_carries_no_server_for_the_tests_or_benchmarks(bento):
+    """The loopback `bentoml serve` the tests and benchmarks start (`testing/local_server.py`) is not the product's:
+    the Bento holds neither that module nor any module that defines its server."""
+    src = bento / "src"
+    modules = [p.relative_to(src) for p in src.rglob("*.py")]
+    assert modules and not (src / "testing").exists(), "the bento must not carry testing/"
+    starters = [
+        str(p) for p in modules if p.name in ("local.py", "local_server.py") or "LocalServer" in (src / p).read_text()
+    ]
+    assert not starters, f"the bento carries the tests' server: {starters}"
+
+
 def test_bento_metadata(bento):
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert info["service"] == SERVICE and info["entry_service"] == "medsamix"  # the service name
@@ -390,7 +402,7 @@ def test_the_bento_serves_as_its_container_does_and_passes_the_smoke_check(bento
     """What `bentoml containerize`'s CPU image runs (`bentoml serve $BENTO_PATH`, the bentofile's envs set), here
     without the engine: the Bento's folder served from elsewhere, then CI's smoke check against it (the CT slice's
     mask equals the service's own steps run on this checkout's demo model)."""
-    from service.local import serve
+    from testing.local_server import serve
 
     env = {e["name"]: e["value"] for e in bentofile["envs"]}
     assert env["MEDSAMIX_DEVICE"] == "cpu" and not Path(env["MEDSAMIX_MODELS"]).is_absolute()  # the Bento's own store

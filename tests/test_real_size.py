@@ -18,8 +18,8 @@ import yaml
 
 from search.architectures import build_sam
 from search.zoo import write_nnunet
-from service.local import serve
 from service.masks import decode_rle
+from testing.local_server import serve
 from tests import dicomfiles as files
 from tests.conftest import fine_tune_of, write_medsam_training, write_sam, write_torch_em
 from tests.test_service import reference

@@ -24,7 +24,7 @@ from search.journal import Journal
 from search.optimize import Search, SearchError, pareto_front, pick_index
 from search.recipe import InputModel, load_recipe, recipe_yaml
 from search.space import SearchSpace, SpaceSpec
-from search.trial import TrialRunner
+from search.worker import TrialRunner
 from search.zoo import search_config
 
 ZOO = Path(__file__).parent / "zoo"

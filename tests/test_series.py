@@ -17,8 +17,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from service.local import LocalServer, serve
 from service.masks import decode_rle
+from testing.local_server import LocalServer, serve
 from tests import dicomfiles as files
 from tests.test_service import AUTH, REPO, SECRETS, TOKEN, metric, post, refusal
 

@@ -25,9 +25,9 @@ import pytest
 import service
 from service import imaging
 from service.dicom import read_dicom
-from service.local import LocalServer, serve
 from service.masks import decode_rle
 from service.store import ModelStore
+from testing.local_server import LocalServer, serve
 from tests import dicomfiles as files
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from search.errors import MergeError
 from search.lazy import lazy_module
 from search.merge.packing import Packing
+from service.errors import unknown_name
 
 if TYPE_CHECKING:
     import torch
@@ -143,7 +144,7 @@ def get_method(name: str) -> MergeMethod:
     try:
         return METHODS[name]
     except KeyError:
-        raise MergeError(f"unknown merge method '{name}': expected one of {', '.join(sorted(METHODS))}") from None
+        raise MergeError(unknown_name("merge method", name, sorted(METHODS))) from None
 
 
 def compute_dtype(tensor: torch.Tensor) -> torch.dtype:

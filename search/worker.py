@@ -23,8 +23,8 @@ from search.evaluate import Evaluator
 from search.merge.engine import MergeEngine
 from search.recipe import parse_recipe
 from search.scores import task_dice
-from search.tasks import Task
-from search.timing import Stopwatch
+from search.slices import Task
+from search.trial_timing import Stopwatch
 
 
 @dataclass
