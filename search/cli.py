@@ -165,7 +165,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     path = Path(args.model)
     loaded = {spec.name: load_task(spec) for spec in load_task_specs(args.tasks)}
-    splits = {"calibration": {n: t[0] for n, t in loaded.items()}, "test": {n: t[1] for n, t in loaded.items()}}
+    splits = {
+        "calibration": {n: t.calibration for n, t in loaded.items()},
+        "test": {n: t.test for n, t in loaded.items()},
+    }
     if args.split != "both":
         splits = {args.split: splits[args.split]}
     if path.suffix in (".yaml", ".yml"):

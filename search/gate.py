@@ -37,7 +37,7 @@ def quality_gate(
     whose relative input paths start at `folder`), of each of its inputs; the best input by mean and whether the
     model beats it strictly. A bare checkpoint has no inputs to beat: it passes, with `best_input` None."""
     loaded = {spec.name: load_task(spec) for spec in specs}
-    tests = {name: parts[1] for name, parts in loaded.items()}
+    tests = {name: parts.test for name, parts in loaded.items()}
     evaluator = Evaluator(arch)
 
     def test_dice(weights: Mapping[str, Any], convention: str) -> dict[str, float]:

@@ -57,7 +57,7 @@ class Int8Plan:
     def of(cls, specs: Sequence[DataSpec], force: bool = False) -> Int8Plan:
         """The plan of a task file's tasks: each split by case as `search.data.load_task` splits it."""
         loaded = {spec.name: load_task(spec) for spec in specs}
-        return cls({n: t[0] for n, t in loaded.items()}, {n: t[1] for n, t in loaded.items()}, force=force)
+        return cls({n: t.calibration for n, t in loaded.items()}, {n: t.test for n, t in loaded.items()}, force=force)
 
 
 def model_inputs(tasks: Mapping[str, Task], geometry: str, size: int) -> Iterator[dict[str, np.ndarray]]:

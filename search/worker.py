@@ -56,9 +56,9 @@ class TrialRunner:
             engine,
             evaluator,
             hashes,
-            {name: parts[0] for name, parts in loaded.items()},
-            {name: parts[1] for name, parts in loaded.items()},
-            {name: parts[2] for name, parts in loaded.items()},
+            {name: parts.calibration for name, parts in loaded.items()},
+            {name: parts.test for name, parts in loaded.items()},
+            {name: parts.split for name, parts in loaded.items()},
             Stopwatch(engine.device),
         )
 

@@ -512,7 +512,7 @@ def premise_table(root: Path, budget: int | None = None) -> dict[str, dict[str, 
     from search.evaluate import Evaluator, case_mean
 
     torch.set_num_threads(THREADS)
-    tasks = {name: load_task(spec)[1] for name, spec in task_specs(root).items()}
+    tasks = {name: load_task(spec).test for name, spec in task_specs(root).items()}
     evaluator = Evaluator(get_architecture(ARCH), device="cpu")
     table: dict[str, dict[str, float]] = {}
     for model, (file, convention, _) in MODELS.items():

@@ -13,6 +13,7 @@ from PIL import Image
 from search.data import (
     LOADERS,
     DicomSegLoader,
+    LoadedTask,
     NnUNetLoader,
     Volume,
     case_slices,
@@ -360,6 +361,15 @@ def test_split_by_case_is_disjoint_seeded_and_never_empty():
     assert split_cases(["a", "b"], 0.01, seed=0)[0] and split_cases(["a", "b"], 0.99, seed=0)[1]
     with pytest.raises(DataError, match="needs at least 2 cases; found 1"):
         split_cases(["a"], 0.2, seed=0)
+
+
+def test_load_task_names_its_parts(tmp_path):
+    loaded = load_task(spec(write_nnunet(tmp_path / "ds", n_cases=4), labels=[1, 2], calibration_fraction=0.5))
+    assert isinstance(loaded, LoadedTask) and LoadedTask._fields == ("calibration", "test", "split")
+    calibration, test, record = loaded  # unpacking keeps working
+    assert loaded.calibration is calibration and loaded.test is test and loaded.split is record
+    assert loaded.calibration.meta["part"] == "calibration" and loaded.test.meta["part"] == "test"
+    assert loaded.split["slices"] == {"calibration": len(calibration.slices), "test": len(test.slices)}
 
 
 def test_slice_order_is_fixed_per_seed_and_budgets_are_prefixes(tmp_path):

@@ -1,48 +1,36 @@
-"""Calibration data: the field's file formats -> cases -> 2-D slices with masks and box prompts, split by case.
+"""Calibration data, step 1: the loaders, one small class per file format, and their registry.
 
-Three steps, as nnU-Net's conversion pipeline is laid out:
-
-1. **Loaders** (`LOADERS`, one small class per file format; `get_loader(name)` fails listing the valid names) list a
-   dataset's case ids cheaply and read one case at a time into `Volume`s: raw intensities and an integer label map.
-2. **Slicing** (`case_slices`) cuts a volume along an axis, applies the intensity preset of `service.imaging` to the
-   whole volume (so percentile presets use per-volume statistics, as MedSAM's preparation does), keeps the slices
-   where the selected label(s) have foreground after small connected components are dropped, and derives the box
-   prompts from the mask.
-3. **Splitting** (`split_cases`) by case, seeded; `load_task` returns the calibration and test `Task`s with their
-   slices in one seeded order, and the split record a caller writes down with its results.
+`LOADERS` maps a format name to its class; `get_loader(name)` fails listing the valid names. A loader lists a
+dataset's case ids cheaply and reads one case at a time into `Volume`s: raw intensities and an integer label map.
 
 Array layout. Every loader returns volumes as D x H x W (x 3 for RGB) in the order SimpleITK (and so MedSAM and
 nnU-Net) reads them: a NIfTI's voxel array (i, j, k) is transposed to (k, j, i), a DICOM series is stacked along its
-slice normal, a MedSAM `.npz` is already D x H x W. Voxel order is kept, never reoriented. `axis` picks the slicing
-axis in that layout: 0 (the default) is a NIfTI's last voxel axis and a DICOM series' slice stack (axial slices of an
-axial acquisition), 1 and 2 the other two. A 2-D image is a volume of one slice and ignores `axis`.
+slice normal, a MedSAM `.npz` is already D x H x W. Voxel order is kept, never reoriented. `axis` (see
+`search.data.slicing`) picks the slicing axis in that layout: 0 (the default) is a NIfTI's last voxel axis and a DICOM
+series' slice stack (axial slices of an axial acquisition), 1 and 2 the other two. A 2-D image is a volume of one
+slice and ignores `axis`.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
-import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from scipy import ndimage
 
-from search.errors import DataError, first_validation_error
+from search.errors import DataError
 from search.files import require_file
-from search.slices import Slice, Task
 from service.errors import unknown_name
-from service.imaging import PRESETS, ImagingError, to_uint8
 
 __all__ = [
+    "IMAGE_ENDINGS",
     "LOADERS",
-    "DataSpec",
+    "NIFTI_ENDINGS",
     "DicomSegLoader",
     "Loader",
     "NiftiLoader",
@@ -50,18 +38,12 @@ __all__ = [
     "NpzLoader",
     "PngLoader",
     "Volume",
-    "case_slices",
     "get_loader",
-    "jitter_boxes",
-    "load_task",
-    "mask_boxes",
-    "split_cases",
 ]
+
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 IMAGE_ENDINGS = (".png", ".jpg", ".jpeg")
-# 8-connectivity: pixels touching at a corner are one object (one box).
-CONNECTIVITY = np.ones((3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -79,11 +61,6 @@ class Volume:
     source: str
     planar: bool = False
     index: int = 0
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Loaders: one class per file format.
-# --------------------------------------------------------------------------------------------------------------
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -434,236 +411,3 @@ def get_loader(name: str) -> type[Loader]:
         return LOADERS[name]
     except (KeyError, TypeError):
         raise DataError(unknown_name("data format", name, LOADERS)) from None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Cases -> slices.
-# --------------------------------------------------------------------------------------------------------------
-
-
-def mask_boxes(mask: np.ndarray, per: Literal["component", "label"] = "component", label: np.ndarray | None = None):
-    """Tight XYXY boxes (N x 4 float64, image pixel coordinates) of an H x W bool `mask`.
-
-    A box spans its pixels: x0/y0 are the smallest column/row index, x1/y1 the largest + 1. `per="component"` gives
-    one box per 8-connected component (raster order); `per="label"` one per label id of `label` (H x W) inside the
-    mask, in increasing id order.
-    """
-    if per == "component":
-        regions, _ = ndimage.label(mask, structure=CONNECTIVITY)
-    else:
-        if label is None:
-            raise TypeError("mask_boxes(per='label') needs `label`, the H x W label map; found None")
-        regions = np.where(mask, label, 0)
-        ids = np.unique(regions[regions != 0])
-        regions = np.searchsorted(ids, regions) + 1
-        regions[~mask] = 0
-    found = [s for s in ndimage.find_objects(regions) if s is not None]
-    return np.array([[s[1].start, s[0].start, s[1].stop, s[0].stop] for s in found], dtype=np.float64).reshape(-1, 4)
-
-
-def jitter_boxes(
-    boxes: np.ndarray, jitter: int, shape: tuple[int, int], seed: int, case: str, index: int
-) -> np.ndarray:
-    """Boxes grown outward by up to `jitter` pixels per side (each side an independent integer in [0, jitter]), as
-    MedSAM perturbs its box prompts; clipped to the h x w image. Seeded by (seed, case, index): the same slice gets
-    the same boxes in every run, whatever else is loaded."""
-    if jitter <= 0 or len(boxes) == 0:
-        return boxes
-    rng = np.random.default_rng([seed, zlib.crc32(case.encode()), index])
-    grow = rng.integers(0, jitter, size=boxes.shape, endpoint=True) * np.array([-1, -1, 1, 1])
-    h, w = shape
-    return np.clip(boxes + grow, 0, [w, h, w, h]).astype(np.float64)
-
-
-def _preset_uint8(volume: Volume, preset: str | None) -> np.ndarray:
-    if preset is None:
-        if volume.image.dtype != np.uint8:
-            raise DataError(
-                f"case {volume.case}: {volume.source} holds {volume.image.dtype} intensities; name an intensity preset "
-                f"({', '.join(PRESETS)}) to map them to uint8"
-            )
-        return volume.image
-    rgb = volume.image.ndim == 4
-    if rgb and not volume.planar:
-        raise DataError(f"case {volume.case}: {volume.source} is an RGB volume of shape {volume.image.shape}")
-    try:
-        return to_uint8(volume.image[0], preset)[None] if rgb else to_uint8(volume.image, preset)
-    except ImagingError as error:
-        raise DataError(f"case {volume.case}: {volume.source}: {error}") from None
-
-
-def case_slices(
-    volume: Volume,
-    labels: Sequence[int],
-    preset: str | None,
-    axis: int = 0,
-    min_component: int = 0,
-    boxes: Literal["component", "label"] = "component",
-    jitter: int = 0,
-    seed: int = 0,
-) -> list[Slice]:
-    """The slices of `volume` along `axis` (ignored for 2-D images) where `labels` have foreground, in index order.
-
-    The preset is applied to the whole volume first. Connected components (8-connected, per slice) smaller than
-    `min_component` pixels are removed from the mask; a slice left empty is dropped.
-    """
-    image = _preset_uint8(volume, preset)
-    label = volume.label
-    if not volume.planar and axis != 0:
-        image, label = np.moveaxis(image, axis, 0), np.moveaxis(label, axis, 0)
-    selected = np.isin(label, np.asarray(labels))
-    slices = []
-    for k in np.flatnonzero(selected.reshape(len(selected), -1).any(axis=1)):
-        mask = selected[k]
-        if min_component > 1:
-            regions, _ = ndimage.label(mask, structure=CONNECTIVITY)
-            sizes = np.bincount(regions.ravel())
-            mask = (sizes >= min_component)[regions] & mask
-            if not mask.any():
-                continue
-        index = volume.index + int(k)
-        found = mask_boxes(mask, boxes, label[k])
-        found = jitter_boxes(found, jitter, mask.shape, seed, volume.case, index)
-        # Copies, so a slice does not keep its whole volume alive.
-        slices.append(Slice(np.ascontiguousarray(image[k]).copy(), mask.copy(), found, volume.case, index))
-    return slices
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Split by case and the task specification.
-# --------------------------------------------------------------------------------------------------------------
-
-
-def split_cases(
-    case_ids: Iterable[str], calibration_fraction: float = 0.2, seed: int = 0
-) -> tuple[list[str], list[str]]:
-    """(calibration, test) case ids, each sorted: a seeded permutation of the sorted ids, its first
-    round(fraction * n) cases (at least 1 and at most n - 1) for calibration. No case is in both."""
-    ids = sorted(set(case_ids))
-    if len(ids) < 2:
-        raise DataError(f"a split by case needs at least 2 cases; found {len(ids)}")
-    if not 0.0 < calibration_fraction < 1.0:
-        raise DataError(f"expected a calibration fraction between 0 and 1 (exclusive), found {calibration_fraction}")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    n = min(max(round(calibration_fraction * len(ids)), 1), len(ids) - 1)
-    return sorted(ids[i] for i in order[:n]), sorted(ids[i] for i in order[n:])
-
-
-class DataSpec(BaseModel):
-    """What a task is made of: where its files are, which format, which label(s), and how slices are cut."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    path: Path
-    format: str
-    labels: tuple[int, ...] = Field(min_length=1)
-    preset: str | None  # None: the files are already uint8 (PNG, MedSAM npz)
-    modality: str = ""
-    axis: Literal[0, 1, 2] = 0
-    min_component: int = Field(default=0, ge=0)
-    boxes: Literal["component", "label"] = "component"
-    jitter: int = Field(default=0, ge=0)
-    calibration_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    seed: int = Field(default=0, ge=0)
-    options: dict[str, Any] = {}  # format-specific loader keywords (channel, images, labels, masks, case_pattern)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _label_alias(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "label" in data and "labels" not in data:
-            data = {**data, "labels": data["label"]}
-            del data["label"]
-        if isinstance(data, dict) and isinstance(data.get("labels"), int):
-            data = {**data, "labels": (data["labels"],)}
-        return data
-
-    @field_validator("preset")
-    @classmethod
-    def _known_preset(cls, value: str | None) -> str | None:
-        if value is not None and value not in PRESETS:
-            raise ValueError(unknown_name("intensity preset", value, PRESETS))
-        return value
-
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, value: str) -> str:
-        if value not in LOADERS:
-            raise ValueError(unknown_name("data format", value, LOADERS))
-        return value
-
-
-def parse_spec(data: DataSpec | Mapping[str, Any]) -> DataSpec:
-    """A validated DataSpec; a mapping that does not validate fails in one sentence naming the first bad field."""
-    if isinstance(data, DataSpec):
-        return data
-    try:
-        return DataSpec.model_validate(dict(data))
-    except ValidationError as error:
-        raise DataError(f"data spec {first_validation_error(error, 'spec')}") from None
-
-
-def open_loader(spec: DataSpec) -> Loader:
-    """The loader of `spec.format` on `spec.path` with `spec.options` (its keyword arguments)."""
-    loader = get_loader(spec.format)
-    accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
-    unknown = sorted(set(spec.options) - set(accepted))
-    if unknown:
-        raise DataError(
-            f"format {spec.format} does not take option(s) {', '.join(unknown)}; "
-            f"expected {', '.join(accepted) or 'no options'}"
-        )
-    return loader(spec.path, **spec.options)
-
-
-def _ordered(slices: list[Slice], seed: int) -> tuple[Slice, ...]:
-    """Slices in a canonical (case, index) order, then one seeded permutation: budgets of a seed are prefixes."""
-    slices = sorted(slices, key=lambda s: (s.case, s.index))
-    return tuple(slices[i] for i in np.random.default_rng(seed).permutation(len(slices)))
-
-
-def load_task(spec: DataSpec | Mapping[str, Any]) -> tuple[Task, Task, dict[str, Any]]:
-    """(calibration task, test task, split record) of `spec`; the record (JSON-ready) is to be written down with
-    the results: format, path, labels, seed, fraction, the case ids of each split and their slice counts."""
-    spec = parse_spec(spec)
-    loader = open_loader(spec)
-    ids = loader.case_ids()
-    if not ids:
-        raise DataError(f"{spec.path} holds no {spec.format} cases")
-    calibration, test = split_cases(ids, spec.calibration_fraction, spec.seed)
-    in_calibration = set(calibration)
-    found: set[int] = set()
-    slices: dict[str, list[Slice]] = {"calibration": [], "test": []}
-    for case in ids:
-        for volume in loader.read(case):
-            found.update(int(v) for v in np.unique(volume.label))
-            split = slices["calibration" if case in in_calibration else "test"]
-            split += case_slices(
-                volume, spec.labels, spec.preset, spec.axis, spec.min_component, spec.boxes, spec.jitter, spec.seed
-            )
-    if not found & set(spec.labels):
-        present = ", ".join(str(v) for v in sorted(found - {0})[:20]) or "none"
-        raise DataError(f"label(s) {list(spec.labels)} appear in no case of {spec.path}; label ids found: {present}")
-    for part, chosen in slices.items():
-        if not chosen:
-            raise DataError(
-                f"the {part} split of {spec.name} has no slice with foreground of label(s) {list(spec.labels)} left "
-                f"after dropping components under {spec.min_component} pixels"
-            )
-    record = {
-        "name": spec.name,
-        "format": spec.format,
-        "path": str(spec.path),
-        "labels": list(spec.labels),
-        "seed": spec.seed,
-        "calibration_fraction": spec.calibration_fraction,
-        "calibration": calibration,
-        "test": test,
-        "slices": {part: len(chosen) for part, chosen in slices.items()},
-        "spec": spec.model_dump(mode="json"),
-    }
-    calibration_task, test_task = (
-        Task(spec.name, _ordered(slices[part], spec.seed), spec.modality, {"split": record, "part": part})
-        for part in ("calibration", "test")
-    )
-    return calibration_task, test_task, record
