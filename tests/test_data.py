@@ -1,4 +1,4 @@
-"""search/data.py: every loader on small files written in the real format, slicing, boxes, split, order, errors."""
+"""search/data/: every loader on small files written in the real format, slicing, boxes, split, order, errors."""
 
 from __future__ import annotations
 
