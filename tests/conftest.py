@@ -1,16 +1,25 @@
-"""Shared fixtures: tiny SAMs built through the product's own builder, written in each real file format."""
+"""Shared fixtures: tiny SAMs built through the product's own builder, written in each real file format; a real
+Orthanc; a CT volume and its DICOM series."""
 
 from __future__ import annotations
 
+import json
 import shutil
-from collections.abc import Callable
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from search.architectures import build_sam
+from testing.local_server import free_port
+from tests import dicomfiles as files
+from tests.pacs_server import INSTALL, ORTHANC, PACS_PASSWORD, PACS_USER, PLUGIN, Orthanc
 
 StateDict = dict[str, torch.Tensor]
 
@@ -28,6 +37,14 @@ def fine_tune_of(base: StateDict, seed: int, scale: float = 0.02, arch: str = "t
     return {
         k: v + scale * torch.randn(v.shape, generator=generator) if k in learned else v.clone() for k, v in base.items()
     }
+
+
+def with_non_finite(base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A fine-tune with one NaN in a decoder weight and one inf in an encoder bias."""
+    state = fine_tune_of(base, 9)
+    state["mask_decoder.iou_prediction_head.layers.0.weight"][0, 0] = float("nan")
+    state["image_encoder.blocks.0.attn.qkv.bias"][3] = float("inf")
+    return state
 
 
 # The real files' layouts: name -> function writing `state` to a path in that layout.
@@ -142,3 +159,59 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("store") / "models"
     shutil.copytree(Path(__file__).parent.parent / "models" / "demo", root / "demo")
     return root
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    if not (ORTHANC.is_file() and PLUGIN.exists()):
+        pytest.fail(f"Orthanc and its DICOMweb plugin are not installed; run: {INSTALL}")
+    root = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    config = {
+        "Name": "medsamix-tests",
+        "HttpPort": port,
+        "DicomServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {PACS_USER: PACS_PASSWORD},
+        "StorageDirectory": str(root / "storage"),
+        "IndexDirectory": str(root / "index"),
+        "Plugins": [str(PLUGIN)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    (root / "orthanc.json").write_text(json.dumps(config))
+    with open(root / "orthanc.log", "wb") as log:
+        process = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    running = Orthanc(port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if running.rest.get("/system").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Orthanc did not start; see {root / 'orthanc.log'}")
+            time.sleep(0.1)
+        yield running
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+SLICES = 12
+
+
+@pytest.fixture(scope="module")
+def volume() -> tuple[np.ndarray, np.ndarray]:
+    from search.zoo import ct_volume
+
+    image, label = ct_volume(seed=901, depth=SLICES)
+    return np.rint(image).astype(np.int16), label
+
+
+@pytest.fixture(scope="module")
+def series(volume) -> list[bytes]:
+    """The instances in slice order (index z = position order)."""
+    return [files.to_bytes(ds) for ds in files.ct_series(volume[0], spacing=2.0)]

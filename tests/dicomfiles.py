@@ -20,7 +20,7 @@ import pydicom
 from highdicom.legacy import LegacyConvertedEnhancedCTImage, LegacyConvertedEnhancedMRImage
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     MPEG2MPML,
     PYDICOM_IMPLEMENTATION_UID,
@@ -402,4 +402,14 @@ def with_changes(source: bytes, *, delete: Sequence[str] = (), **values: object)
     for keyword, value in values.items():
         target = ds.file_meta if keyword in ds.file_meta or keyword == "TransferSyntaxUID" else ds
         setattr(target, keyword, value)
+    return to_bytes(ds)
+
+
+def crashing_jpeg() -> bytes:
+    """pydicom's JPEG baseline sample with two bytes of its Huffman tables changed: GDCM aborts the process on it
+    (an uncaught C++ exception) instead of raising."""
+    ds = read(testdata("SC_rgb_jpeg_dcmtk.dcm"))
+    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    frame[198], frame[205] = 223, 1
+    ds.PixelData = encapsulate([bytes(frame)])
     return to_bytes(ds)

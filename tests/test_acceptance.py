@@ -13,7 +13,8 @@ import pytest
 from search.config import load_search_config
 from search.optimize import Search
 from search.zoo import MODELS, task_specs
-from tests.test_search import ZOO, write_config
+from tests.cli_runs import write_config
+from tests.conftest import ZOO
 
 pytestmark = pytest.mark.slow  # whole searches: the full suite runs them, the quick loop does not
 

@@ -13,7 +13,7 @@ from search.architectures import ARCHITECTURES, build_sam, state_layout
 from search.checkpoints import load_checkpoint, save_checkpoint, sha256_file, validate_state_dict
 from search.errors import CheckpointError, MergeError
 from search.merge.engine import MergeEngine
-from tests.conftest import WRITERS, fine_tune_of, write_torch_em
+from tests.conftest import WRITERS, fine_tune_of, with_non_finite, write_torch_em
 
 
 @pytest.mark.parametrize("fmt", list(WRITERS))
@@ -163,14 +163,6 @@ def test_a_sam_of_unknown_size_says_what_sizes_are_known(tmp_path: Path, tiny_ba
     message = one_sentence(error)
     assert "unknown size (patch embedding [64, 3, 8, 8], 11 encoder blocks)" in message
     assert "expected one of vit_b, vit_l, vit_h, tiny" in message
-
-
-def with_non_finite(base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A fine-tune with one NaN in a decoder weight and one inf in an encoder bias."""
-    state = fine_tune_of(base, 9)
-    state["mask_decoder.iou_prediction_head.layers.0.weight"][0, 0] = float("nan")
-    state["image_encoder.blocks.0.attn.qkv.bias"][3] = float("inf")
-    return state
 
 
 @pytest.mark.parametrize("fmt", ["sam", "safetensors"])

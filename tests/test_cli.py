@@ -16,6 +16,7 @@ import yaml
 
 from search.architectures import build_sam
 from search.checkpoints import load_checkpoint
+from tests.cli_runs import one_line_error
 from tests.conftest import WRITERS, fine_tune_of
 
 
@@ -154,9 +155,7 @@ def test_non_finite_weights_are_reported_by_inspect_and_refused_by_merge_export_
     from search.errors import CheckpointError
     from search.optimize import Search
     from search.zoo import search_config
-    from tests.conftest import write_sam
-    from tests.test_checkpoints import with_non_finite
-    from tests.test_export import one_line_error
+    from tests.conftest import with_non_finite, write_sam
 
     write_sam(tiny_base, tmp_path / "sam.pth")
     write_sam(with_non_finite(tiny_base), tmp_path / "ft.pth")

@@ -26,7 +26,7 @@ from service.config import Settings
 from service.masks import encode_rle
 from service.middleware import OPEN_PATHS
 from testing.local_server import free_port
-from tests.test_packaging import DOCKERFILE, env_values, parse_dockerfile
+from tests.packaging_files import DOCKERFILE, env_values, parse_dockerfile
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "container.yml"

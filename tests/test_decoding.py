@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import generate_frames
 
 from service import decoding
 from service.dicom import read_dicom
 from service.errors import RequestError
 from tests import dicomfiles as F
-
-
-def crashing_jpeg() -> bytes:
-    """pydicom's JPEG baseline sample with two bytes of its Huffman tables changed: GDCM aborts the process on it
-    (an uncaught C++ exception) instead of raising."""
-    ds = F.read(F.testdata("SC_rgb_jpeg_dcmtk.dcm"))
-    frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
-    frame[198], frame[205] = 223, 1
-    ds.PixelData = encapsulate([bytes(frame)])
-    return F.to_bytes(ds)
+from tests.dicomfiles import crashing_jpeg
 
 
 def test_a_codec_that_kills_its_process_is_a_refusal_here() -> None:

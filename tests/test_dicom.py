@@ -43,6 +43,7 @@ from service.dicom import DicomImage, Limits, PixelBudget, _decodable_syntaxes, 
 from service.errors import RequestError
 from service.imaging import PRESETS, Window, to_uint8
 from tests import dicomfiles as F
+from tests.dicom_references import DCMTK_JPG_EXTENDED_SHA256, NONFINITE_SENTENCE, palette_rgb
 
 HU = F.ct_hu()
 FRAMES = np.stack([F.ct_hu(seed=10 + i) for i in range(3)])
@@ -417,11 +418,6 @@ def test_truncation_is_judged_without_the_values_pydicom_defers(tmp_path: Path) 
 # Non-finite intensities: one status and one sentence, whatever the display path.
 # --------------------------------------------------------------------------------------------------------------
 
-NONFINITE_SENTENCE = (
-    "frame 0 has NaN or infinite values after the Modality LUT; expected a rescale slope and intercept (or a "
-    "Modality LUT) that give finite intensities"
-)
-
 
 @pytest.mark.parametrize("rescale", [{"RescaleSlope": "1e308"}, {"RescaleSlope": "NaN"}, {"RescaleIntercept": "inf"}])
 @pytest.mark.parametrize("path", ["file window", "voi lut", "preset", "modality default"])
@@ -448,10 +444,6 @@ def test_finite_extremes_still_decode() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # 12-bit JPEG Extended through GDCM; every syntax the 415 names really decodes.
 # --------------------------------------------------------------------------------------------------------------
-
-# sha256 of the little-endian uint16 pixels of pydicom's JPEG-lossy.dcm and JPGExtended.dcm (the same image) as
-# DCMTK's dcmdjpeg decodes them: an independent decoder (`dcmdjpeg JPGExtended.dcm out.dcm`).
-DCMTK_JPG_EXTENDED_SHA256 = "d30242775a414c01d616447854ebe3f2b20259822894bcd6891f879bcdcbf313"
 
 
 @pytest.mark.parametrize("name", ["JPEG-lossy.dcm", "JPGExtended.dcm"])
@@ -527,11 +519,6 @@ PALETTES = {
         _RNG.integers(0, 65536, (4096, 3), dtype=np.uint16),
     ),
 }
-
-
-def palette_rgb(indices: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """The RGB a viewer shows for `indices` into `lut` (PS3.3 C.7.6.3.1.6 by hand): 16-bit entries' high byte."""
-    return (lut >> 8 if lut.dtype == np.uint16 else lut)[indices].astype(np.uint8)
 
 
 @pytest.mark.parametrize("case", PALETTES)

@@ -22,8 +22,8 @@ import pytest
 
 from testing.local_server import LocalServer, serve
 from tests import dicomfiles as files
-from tests.test_dicom import DCMTK_JPG_EXTENDED_SHA256, NONFINITE_SENTENCE, palette_rgb
-from tests.test_service import masks_of, post, reference, refusal
+from tests.dicom_references import DCMTK_JPG_EXTENDED_SHA256, NONFINITE_SENTENCE, palette_rgb
+from tests.service_client import masks_of, post, reference, refusal
 
 REPO = Path(__file__).resolve().parent.parent
 BOX = [8, 6, 60, 50]  # inside every 64x80 image here

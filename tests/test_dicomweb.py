@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,15 +29,13 @@ from search.cli import main as cli
 from service.masks import decode_rle
 from testing.local_server import LocalServer, free_port, serve
 from tests import dicomfiles as files
-from tests.test_service import refusal
+from tests.pacs_server import PACS_PASSWORD, PACS_USER, Orthanc
+from tests.service_client import refusal
 
 REPO = Path(__file__).resolve().parent.parent
-ORTHANC = Path("/usr/sbin/Orthanc")
-PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-INSTALL = "apt-get install -y --no-install-recommends orthanc orthanc-dicomweb"
 TOKEN = "server-token-5c1d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-PACS_USER, PACS_PASSWORD, WRONG_PASSWORD = "medsamix", "pacs-password-91ab", "wrong-password-3e7f"
+WRONG_PASSWORD = "wrong-password-3e7f"
 FAKE_TOKEN = "fake-pacs-token-0d4e"
 SLOW_TIMEOUT = 1.5
 FAKE_TIMEOUT = 5
@@ -55,63 +52,6 @@ SECRETS = (
     FAKE_TOKEN,
 )
 BOX = [8, 6, 60, 50]
-
-
-class Orthanc:
-    """A running Orthanc: its DICOMweb root and a REST client with its credentials."""
-
-    def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.dicomweb = f"{self.url}/dicom-web"
-        self.rest = httpx.Client(base_url=self.url, auth=(PACS_USER, PACS_PASSWORD), timeout=30)
-
-    def upload(self, data: bytes) -> None:
-        self.rest.post("/instances", content=data).raise_for_status()
-
-    def file(self, sop_instance_uid: str) -> bytes:
-        """The stored Part 10 file of an instance, found by its UID through /tools/lookup."""
-        found = self.rest.post("/tools/lookup", content=sop_instance_uid).json()
-        (orthanc_id,) = [f["ID"] for f in found if f["Type"] == "Instance"]
-        return self.rest.get(f"/instances/{orthanc_id}/file").content
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    if not (ORTHANC.is_file() and PLUGIN.exists()):
-        pytest.fail(f"Orthanc and its DICOMweb plugin are not installed; run: {INSTALL}")
-    root = tmp_path_factory.mktemp("orthanc")
-    port = free_port()
-    config = {
-        "Name": "medsamix-tests",
-        "HttpPort": port,
-        "DicomServerEnabled": False,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True,
-        "RegisteredUsers": {PACS_USER: PACS_PASSWORD},
-        "StorageDirectory": str(root / "storage"),
-        "IndexDirectory": str(root / "index"),
-        "Plugins": [str(PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    (root / "orthanc.json").write_text(json.dumps(config))
-    with open(root / "orthanc.log", "wb") as log:
-        process = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    running = Orthanc(port)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if running.rest.get("/system").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Orthanc did not start; see {root / 'orthanc.log'}")
-            time.sleep(0.1)
-        yield running
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -37,29 +35,13 @@ from service.cache import Embedding
 from service.manifest import FORMAT_VERSION, METADATA_KEY, check_manifest, pinned
 from service.segmenter import Served
 from service.store import LoadedModel
+from tests.cli_runs import medsamix, one_line_error
 from tests.conftest import ZOO, ZOO_TASKS, write_sam
 
 CPU = ["CPUExecutionProvider"]
 ENCODER_TOLERANCE = 1e-4
 MASK_AGREEMENT = 0.995
 IOU_TOLERANCE = 1e-3
-
-
-def medsamix(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "search.cli", *args],
-        capture_output=True,
-        text=True,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-        timeout=300,
-    )
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
-    return lines[0]
 
 
 def cropped_slices(task_name: str, count: int = 2) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:

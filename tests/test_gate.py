@@ -19,11 +19,10 @@ from search.evaluate import Evaluator
 from search.export import export_model, load_source
 from search.recipe import InputModel, save_recipe, uniform_recipe
 from search.scores import score
-from search.zoo import MODELS, search_config
+from search.zoo import MODELS
 from service.store import ModelStore
-from tests.test_export import medsamix, one_line_error
-
-ZOO = Path(__file__).parent / "zoo"
+from tests.cli_runs import medsamix, one_line_error, tasks_file
+from tests.conftest import ZOO
 
 
 def recipe(folder: Path, method: str, params: dict | None = None, normalization: str = "sam") -> Path:
@@ -34,12 +33,6 @@ def recipe(folder: Path, method: str, params: dict | None = None, normalization:
             update={"groups": [g.model_copy(update={"params": params}) for g in made.groups]}, deep=True
         )
     return save_recipe(made, folder / f"{method}.yaml")
-
-
-def tasks_file(folder: Path, tasks: list[str]) -> Path:
-    path = folder / "search.yaml"
-    path.write_text(yaml.safe_dump(search_config(ZOO.resolve(), tasks)))
-    return path
 
 
 def held_out(path: Path, normalization: str, task_file: Path) -> dict[str, float]:

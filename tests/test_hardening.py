@@ -29,7 +29,7 @@ from pydicom.uid import (
 
 from testing.local_server import LocalServer, peak_memory_mib, reset_peak_memory, serve
 from tests import dicomfiles as files
-from tests.test_service import AUTH, TOKEN, masks_of, metric, post, reference, refusal
+from tests.service_client import AUTH, TOKEN, masks_of, metric, post, reference, refusal
 
 REPO = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -195,7 +195,7 @@ def test_bombs_are_refused_before_they_are_decoded(server: LocalServer) -> None:
 
 
 def test_a_codec_crash_is_a_refusal_and_the_worker_lives_on(server: LocalServer) -> None:
-    from tests.test_decoding import crashing_jpeg  # GDCM aborts its process on it
+    from tests.dicomfiles import crashing_jpeg  # GDCM aborts its process on it
 
     front = server.worker().pid
     refusal(post(server, crashing_jpeg(), [{"box": [10, 10, 90, 90]}]), 400, "could not be decoded")

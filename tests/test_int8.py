@@ -22,8 +22,7 @@ from service.runtime import create_session
 from service.schemas import EncodeJob
 from service.segmenter import Served, encode_jobs
 from service.store import ModelStore
-from tests.test_export import medsamix, one_line_error
-from tests.test_gate import tasks_file
+from tests.cli_runs import medsamix, one_line_error, tasks_file
 
 DEMO = Path(__file__).parents[1] / "models" / "demo"
 # The demo's own five tasks, as its merge gate scores them (mean 0.7605 against its best input's 0.7583). On

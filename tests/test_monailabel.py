@@ -28,8 +28,9 @@ from monailabel.client.client import MONAILabelClient, MONAILabelClientException
 from service.volumes import LPS_FROM_RAS
 from testing.local_server import LocalServer, serve
 from tests import dicomfiles as files
-from tests.test_dicomweb import PACS_PASSWORD, PACS_USER, Orthanc, orthanc  # noqa: F401
-from tests.test_series import SLICES, series, volume, volume_of  # noqa: F401
+from tests.conftest import SLICES
+from tests.pacs_server import PACS_PASSWORD, PACS_USER, Orthanc
+from tests.service_client import volume_of
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN, OTHER = "viewer-token-4b7e", "other-token-93ac"

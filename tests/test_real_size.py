@@ -22,7 +22,7 @@ from service.masks import decode_rle
 from testing.local_server import serve
 from tests import dicomfiles as files
 from tests.conftest import fine_tune_of, write_medsam_training, write_sam, write_torch_em
-from tests.test_service import reference
+from tests.service_client import reference
 
 ROWS, COLUMNS = 64, 80
 BOX = [20.0, 16.0, 60.0, 48.0]  # XYXY in pixels, around the blob `liver_case` draws

@@ -26,8 +26,9 @@ from search.recipe import InputModel, load_recipe, recipe_yaml
 from search.space import SearchSpace, SpaceSpec
 from search.worker import TrialRunner
 from search.zoo import search_config
+from tests.cli_runs import write_config
+from tests.conftest import ZOO
 
-ZOO = Path(__file__).parent / "zoo"
 INPUTS = [InputModel(name="base", path="b"), InputModel(name="ct", path="c"), InputModel(name="mr", path="m")]
 METHODS = ["linear", "task_arithmetic", "ties", "slerp", "pick"]
 
@@ -36,14 +37,6 @@ def space(granularity=None, methods=METHODS, normalizations=("sam", "medsam")) -
     granularity = granularity or {"encoder": [2], "prompt": [1], "decoder": [2]}
     spec = SpaceSpec(granularity, methods, normalizations)
     return SearchSpace(ARCHITECTURES["tiny"], INPUTS[0], INPUTS[1:], spec, seed=0)
-
-
-def write_config(folder: Path, tasks: list[str], **settings) -> Path:
-    data = search_config(ZOO.resolve(), tasks, **{"output": str(folder / "run"), **settings})
-    path = folder / "search.yaml"
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def journal(folder: Path) -> list[dict]:

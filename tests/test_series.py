@@ -20,9 +20,9 @@ import pytest
 from service.masks import decode_rle
 from testing.local_server import LocalServer, serve
 from tests import dicomfiles as files
-from tests.test_service import AUTH, REPO, SECRETS, TOKEN, metric, post, refusal
+from tests.conftest import SLICES
+from tests.service_client import AUTH, REPO, SECRETS, TOKEN, metric, post, refusal, volume_of
 
-SLICES = 12
 MAX_INSTANCES = 40
 LIVER = 1
 #: Volume Dice the demo model's propagation from one box on the liver's middle slice must reach. Measured on seeds
@@ -40,20 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> LocalServer:
     }
     with serve(env, tmp_path_factory.mktemp("logs") / "serve.log") as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def volume() -> tuple[np.ndarray, np.ndarray]:
-    from search.zoo import ct_volume
-
-    image, label = ct_volume(seed=901, depth=SLICES)
-    return np.rint(image).astype(np.int16), label
-
-
-@pytest.fixture(scope="module")
-def series(volume) -> list[bytes]:
-    """The instances in slice order (index z = position order)."""
-    return [files.to_bytes(ds) for ds in files.ct_series(volume[0], spacing=2.0)]
 
 
 def shuffled(series: list[bytes], seed: int = 3) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -77,13 +63,6 @@ def middle_box(label: np.ndarray, value: int = LIVER) -> tuple[int, list[float]]
     spanned = [z for z in range(len(label)) if (label[z] == value).any()]
     z = spanned[len(spanned) // 2]
     return z, tight_box(label[z] == value)
-
-
-def volume_of(answer: dict, shape: tuple[int, ...]) -> np.ndarray:
-    mask = np.zeros(shape, bool)
-    for s in answer["slices"]:
-        mask[s["slice"]] = decode_rle(s["mask"])
-    return mask
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

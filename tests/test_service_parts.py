@@ -17,7 +17,7 @@ from service.schemas import Prompt
 from service.segmenter import Router, Segmenter, Served, encode_jobs
 from service.store import ModelStore
 from tests import dicomfiles as files
-from tests.test_service import reference
+from tests.service_client import reference
 
 REPO = Path(__file__).resolve().parent.parent
 
