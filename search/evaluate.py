@@ -89,13 +89,19 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * overlap / (int(prediction.sum()) + truth_area)
 
 
-def case_mean(task: Task, per_slice: np.ndarray) -> float:
-    """Mean over cases of each case's mean slice Dice (slices without a Dice are left out)."""
+def case_means(task: Task, per_slice: np.ndarray) -> dict[str, float]:
+    """Each case's mean slice Dice (slices without a Dice are left out; a case with none is absent)."""
     by_case: dict[str, list[float]] = {}
     for piece, value in zip(task.slices, per_slice, strict=False):
         if not np.isnan(value):
             by_case.setdefault(piece.case, []).append(float(value))
-    return float(np.mean([np.mean(v) for v in by_case.values()])) if by_case else float("nan")
+    return {case: float(np.mean(values)) for case, values in by_case.items()}
+
+
+def case_mean(task: Task, per_slice: np.ndarray) -> float:
+    """Mean over cases of each case's mean slice Dice (slices without a Dice are left out)."""
+    means = case_means(task, per_slice)
+    return float(np.mean(list(means.values()))) if means else float("nan")
 
 
 class Evaluator:

@@ -9,6 +9,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from search import report
+from search.scores import case_bootstrap
 
 TABLE = {
     "base": {"liver": {"test": 0.712}, "spleen": {"test": 0.655}},
@@ -46,3 +47,25 @@ def test_the_legend_covers_no_bar(drawn: plt.Figure) -> None:
     legend = axes.get_legend().get_window_extent(renderer)
     assert legend.x0 >= axes.get_window_extent(renderer).x1  # beside the axes, not over them
     assert [t.get_text() for t in axes.get_legend().get_texts()] == list(TABLE)
+
+
+def test_the_case_bootstrap_is_the_resampling_distribution_of_the_mean() -> None:
+    """Two cases scoring 0 and 1: the mean of a resample is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4, so the
+    95% interval spans [0, 1]; at the 40% level it is the middle value alone."""
+    two = {"task": {"a": 0.0, "b": 1.0}}
+    assert case_bootstrap(two) == (0.0, 1.0)
+    assert case_bootstrap(two, level=0.4) == (0.5, 0.5)
+
+
+def test_the_case_bootstrap_resamples_within_each_task_and_averages_over_tasks() -> None:
+    # One case per task: nothing to resample, the interval is the mean over tasks itself.
+    assert case_bootstrap({"ct": {"a": 0.9}, "mr": {"b": 0.6}}) == pytest.approx((0.75, 0.75))
+    # Equal cases: zero width whatever the draw.
+    assert case_bootstrap({"ct": dict.fromkeys("abcd", 0.8)}) == pytest.approx((0.8, 0.8))
+    # More cases of the same spread narrow it (the standard error falls as 1/sqrt(n)), around the mean.
+    few = case_bootstrap({"ct": {str(i): float(i % 2) for i in range(4)}})
+    many = case_bootstrap({"ct": {str(i): float(i % 2) for i in range(64)}})
+    assert few[0] < many[0] < 0.5 < many[1] < few[1]
+    assert case_bootstrap({"ct": {"a": 0.2, "b": 0.7, "c": 0.4}}, seed=3) == case_bootstrap(
+        {"ct": {"a": 0.2, "b": 0.7, "c": 0.4}}, seed=3
+    )

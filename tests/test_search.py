@@ -261,6 +261,14 @@ def test_single_task_search_writes_recipe_report_and_smac_files(tmp_path):
         assert (run / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png})" in report
     scores = json.loads((run / "report" / "scores.json").read_text())
     assert set(scores["dice"]) >= {"base", "ct_specialist", "mr_specialist", "uniform ties", "MedSAMix"}
+    # The pick's calibration score comes with its case-bootstrap interval, around the score the table shows.
+    interval = scores["calibration_interval"]
+    assert (
+        interval["model"] == "MedSAMix"
+        and interval["mean"] == scores["dice"]["MedSAMix"]["mr_white_matter"]["calibration"]
+    )
+    assert interval["low"] <= interval["mean"] <= interval["high"] and interval["cases"] >= 2
+    assert f"interval of {interval['low']:.4f}-{interval['high']:.4f}" in report
     # The report's scoring shows progress after the search's bar: every row it scored, counted.
     assert re.search(rf"report .* {len(scores['dice'])}/{len(scores['dice'])} models scored", done.stdout), done.stdout
     assert scores["dice"]["MedSAMix"]["mr_white_matter"]["calibration"] == pytest.approx(
