@@ -19,20 +19,25 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.serve_bench import vit_b_store  # noqa: E402
+from benchmarks.serve_bench import cases, run_load, vit_b_store  # noqa: E402
 from search.config import load_task_specs  # noqa: E402
 from search.data import load_task  # noqa: E402
 from search.export import export_model, load_source, relative_error  # noqa: E402
 from search.quantize import Int8Plan, model_inputs, quantize_encoder  # noqa: E402
+from search.slices import Task  # noqa: E402
 from service.manifest import ENCODER_FILE  # noqa: E402
+from testing.local_server import serve  # noqa: E402
+from tests.dicomfiles import ct_hu, ct_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo"
@@ -101,13 +106,44 @@ def settings_table(name: str, paths: dict[str, Path], feed: dict[str, np.ndarray
     return rows
 
 
+def served_p50(work: Path, calibration: dict[str, Task], seconds: float, limit: int) -> dict[str, dict[str, float]]:
+    """p50 of `POST /segment` with a new 512² CT image per request (the embedding cache never answers), one client,
+    through `bentoml serve` of one store holding the random ViT-B as float32 (`demo`, from `vit_b_store`) and as
+    int8 (`vit_b_int8`, the same checkpoint exported with `--int8` on `limit` calibration slices, each a 1024 px
+    run; ungated: random weights have no Dice to keep)."""
+    store = work / "models"
+    first = {name: replace(task, slices=task.budget(limit)) for name, task in list(calibration.items())[:1]}
+    source = load_source(work / "vit_b.pth")
+    export_model(
+        source, "vit_b_int8", store, tasks=["ct"], presets={"ct": "ct_abdomen"}, int8=Int8Plan(first, force=True)
+    )
+    size = 512
+    image = ct_image(ct_hu(size, size, seed=3))
+    rows = {}
+    with serve({"MEDSAMIX_MODELS": str(store)}, work / "serve.log", timeout=600) as server:
+        for precision, model in (("float32", "demo"), ("int8", "vit_b_int8")):
+            [request] = [r for name, r in cases(image, size, np.random.default_rng(0), model) if name == "new image"]
+            with httpx.Client(base_url=server.url, timeout=600) as http:
+                request(http, -1)  # warm-up
+            rows[precision] = run_load(server, 1, seconds, request)
+            print(precision, json.dumps(rows[precision]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--calibration", type=int, default=8, help="ViT-B calibration slices (each a 1024 px run)")
     parser.add_argument("--vit-b-encoder", type=Path, help="a float32 ViT-B encoder.onnx to reuse (default: export)")
+    parser.add_argument(
+        "--served", type=float, default=0.0, help="seconds of new-image requests per ViT-B model through bentoml serve"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.served and args.vit_b_encoder:
+        parser.error(
+            "--served exports the random ViT-B twice (float32, int8) into one store: leave out --vit-b-encoder"
+        )
     loaded = {spec.name: load_task(spec) for spec in load_task_specs(TASKS)}
     calibration = {n: t[0] for n, t in loaded.items()}
     held_out = {n: t[1] for n, t in loaded.items()}
@@ -144,6 +180,8 @@ def main() -> None:
         rows.append(compare("random ViT-B (1024 px)", vit_b, vit_b8, vit_feed, args.runs))
         result["encoders"] = rows
         result["settings"] = settings_table("random ViT-B", {"float32": vit_b, "int8": vit_b8}, vit_feed, args.runs)
+        if args.served:
+            result["served"] = served_p50(work, calibration, args.served, args.calibration)
     print(f"demo held-out Dice: float32 {gate['float32']['mean']:.4f}, int8 {gate['int8']['mean']:.4f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

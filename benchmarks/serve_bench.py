@@ -95,12 +95,14 @@ def resident_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
 
 
-def cases(image: bytes, size: int, rng: np.random.Generator):
-    """(name, request function) for a new image per request and for the same image with a new box."""
+def cases(image: bytes, size: int, rng: np.random.Generator, model: str | None = None):
+    """(name, request function) for a new image per request and for the same image with a new box; every request
+    names `model` (else the server's default answers)."""
 
     def post(http: httpx.Client, dicom: bytes, box: list[float]) -> httpx.Response:
         files = {"file": ("ct.dcm", dicom, "application/dicom")}
-        return http.post("/segment", files=files, data={"prompts": json.dumps([{"box": box}])})
+        data = {"prompts": json.dumps([{"box": box}]), **({"model": model} if model else {})}
+        return http.post("/segment", files=files, data=data)
 
     def new_image(http: httpx.Client, i: int) -> httpx.Response:
         # The last two pixels set to HU inside the abdomen window, from i: a new displayed image (the cache's key)
