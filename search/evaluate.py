@@ -98,10 +98,14 @@ def case_means(task: Task, per_slice: np.ndarray) -> dict[str, float]:
     return {case: float(np.mean(values)) for case, values in by_case.items()}
 
 
+def mean_over_cases(means: Mapping[str, float]) -> float:
+    """The mean of `case_means`' values (NaN when no case has a Dice)."""
+    return float(np.mean(list(means.values()))) if means else float("nan")
+
+
 def case_mean(task: Task, per_slice: np.ndarray) -> float:
     """Mean over cases of each case's mean slice Dice (slices without a Dice are left out)."""
-    means = case_means(task, per_slice)
-    return float(np.mean(list(means.values()))) if means else float("nan")
+    return mean_over_cases(case_means(task, per_slice))
 
 
 class Evaluator:

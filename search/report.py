@@ -26,7 +26,16 @@ from search.config import SearchConfig  # noqa: E402
 from search.files import atomic_write  # noqa: E402
 from search.merge.engine import MergeEngine  # noqa: E402
 from search.recipe import Recipe  # noqa: E402
-from search.scores import BOOTSTRAP_RESAMPLES, Table, case_bootstrap, markdown_table, per_case, score  # noqa: E402
+from search.scores import (  # noqa: E402
+    BOOTSTRAP_RESAMPLES,
+    CaseTable,
+    Table,
+    case_bootstrap,
+    case_scores,
+    case_table_means,
+    markdown_table,
+    score,
+)
 from search.space import SearchSpace  # noqa: E402
 from search.worker import TrialRunner  # noqa: E402
 
@@ -55,11 +64,12 @@ def score_table(
     merges: dict[str, Recipe],
     space: SearchSpace,
     scored: Callable[[int, int], None] = lambda done, total: None,
-) -> tuple[Table, dict[str, str]]:
+) -> tuple[Table, dict[str, str], dict[str, CaseTable]]:
     """Dice of the search's baselines (`search.baselines`) and each merge, on both splits. An input runs under its
     training convention; a uniform baseline under whichever of its allowed conventions scores best on calibration
-    (the initial design ran it under each). Also returns each row's convention. `scored(done, total)` is called
-    after each row: scoring every row on both splits can take as long as the search did."""
+    (the initial design ran it under each). Also returns each row's convention, and each merge's Dice per case
+    (for its case-bootstrap interval). `scored(done, total)` is called after each row: scoring every row on both
+    splits can take as long as the search did."""
     splits = {"calibration": runner.tasks, "test": runner.tests}
     engine: MergeEngine = runner.engine
     table: Table = {}
@@ -86,25 +96,24 @@ def score_table(
         table[row] = {task: {**by_convention[chosen][task], **held_out[task]} for task in held_out}
         conventions[row] = chosen
         scored(len(table), total)
+    merge_cases: dict[str, CaseTable] = {}
     for name, merge in merges.items():
         normalization = merge.preprocessing.normalization
-        table[name] = score(runner.evaluator, engine.merge_recipe(merge), normalization, splits)
+        merge_cases[name] = case_scores(runner.evaluator, engine.merge_recipe(merge), normalization, splits)
+        table[name] = case_table_means(merge_cases[name])
         conventions[name] = normalization
         scored(len(table), total)
-    return table, conventions
+    return table, conventions, merge_cases
 
 
-def calibration_interval(
-    config: SearchConfig, runner: TrialRunner, merges: dict[str, Recipe], table: Table
-) -> dict[str, Any]:
-    """The merge's mean calibration Dice over tasks (as `table` has it) and its case-bootstrap interval: the score the
-    search maximised, with how much of it a few calibration cases can explain (`search.scores.case_bootstrap`)."""
-    name, merge = next(iter(merges.items()))
-    state = runner.engine.merge_recipe(merge)
-    cases = per_case(runner.evaluator, state, merge.preprocessing.normalization, runner.tasks)
-    low, high = case_bootstrap(cases, seed=config.seed)
-    mean = float(np.mean([table[name][task]["calibration"] for task in cases]))
-    count = sum(len(c) for c in cases.values())
+def calibration_interval(name: str, cases: CaseTable, table: Table, seed: int) -> dict[str, Any]:
+    """Merge `name`'s mean calibration Dice over tasks (as `table` has it) and its case-bootstrap interval over
+    `cases` (its Dice per case): the score the search maximised, with how much of it a few calibration cases can
+    explain (`search.scores.case_bootstrap`)."""
+    calibration = {task: by_split["calibration"] for task, by_split in cases.items()}
+    low, high = case_bootstrap(calibration, seed=seed)
+    mean = float(np.mean([table[name][task]["calibration"] for task in calibration]))
+    count = sum(len(c) for c in calibration.values())
     return {"model": name, "mean": mean, "low": low, "high": high, "cases": count, "resamples": BOOTSTRAP_RESAMPLES}
 
 
@@ -241,8 +250,9 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     tasks = [t.name for t in config.tasks]
     merges = {"MedSAMix (picked)" if config.multi_task else "MedSAMix": result.best}
-    table, conventions = score_table(config, runner, merges, space, scored)
-    interval = calibration_interval(config, runner, merges, table)
+    table, conventions, merge_cases = score_table(config, runner, merges, space, scored)
+    [(name, cases)] = merge_cases.items()
+    interval = calibration_interval(name, cases, table, config.seed)
     budget = max(e["budget"] for e in result.entries)
     plots = {"objective": objective_plot(result.entries, tasks, budget, folder / "objective.png")}
     if len(tasks) == 2 and result.front:

@@ -11,15 +11,37 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from search.evaluate import Evaluator, case_mean, case_means
+from search.evaluate import Evaluator, case_mean, case_means, mean_over_cases
 from search.slices import Task
 
 Table = dict[str, dict[str, dict[str, float]]]  # row (model) -> task -> split -> Dice
+CaseTable = dict[str, dict[str, dict[str, float]]]  # one model: task -> split -> case -> that case's Dice
 
 
 def task_dice(evaluator: Evaluator, task: Task, normalization: str, budget: int | None = None) -> float:
     """Dice of the weights loaded in `evaluator` on the first `budget` slices of `task` (all when None)."""
     return case_mean(task, evaluator.dice(task, normalization, budget=budget))
+
+
+def case_scores(
+    evaluator: Evaluator,
+    state: Mapping[str, torch.Tensor],
+    normalization: str,
+    splits: Mapping[str, Mapping[str, Task]],
+) -> CaseTable:
+    """task -> split -> case -> that case's mean slice Dice of one model; `splits` maps a split's name
+    ("calibration", "test") to its tasks."""
+    evaluator.load(state)
+    result: CaseTable = {}
+    for split, tasks in splits.items():
+        for name, task in tasks.items():
+            result.setdefault(name, {})[split] = case_means(task, evaluator.dice(task, normalization))
+    return result
+
+
+def case_table_means(cases: CaseTable) -> dict[str, dict[str, float]]:
+    """task -> split -> Dice (the mean over cases) of `case_scores`' answer."""
+    return {task: {split: mean_over_cases(c) for split, c in by_split.items()} for task, by_split in cases.items()}
 
 
 def score(
@@ -29,12 +51,7 @@ def score(
     splits: Mapping[str, Mapping[str, Task]],
 ) -> dict[str, dict[str, float]]:
     """task -> split -> Dice of one model; `splits` maps a split's name ("calibration", "test") to its tasks."""
-    evaluator.load(state)
-    result: dict[str, dict[str, float]] = {}
-    for split, tasks in splits.items():
-        for name, task in tasks.items():
-            result.setdefault(name, {})[split] = task_dice(evaluator, task, normalization)
-    return result
+    return case_table_means(case_scores(evaluator, state, normalization, splits))
 
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -58,14 +75,6 @@ def case_bootstrap(
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
-
-
-def per_case(
-    evaluator: Evaluator, state: Mapping[str, torch.Tensor], normalization: str, tasks: Mapping[str, Task]
-) -> dict[str, dict[str, float]]:
-    """task -> case -> mean slice Dice of one model (what `case_bootstrap` resamples)."""
-    evaluator.load(state)
-    return {name: case_means(task, evaluator.dice(task, normalization)) for name, task in tasks.items()}
 
 
 def markdown_table(table: Table, splits: list[str]) -> str:
