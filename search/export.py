@@ -423,12 +423,18 @@ def _quantize(folder: Path, plan: Int8Plan, geometry: str, size: int, metadata: 
                 f"the int8 encoder's mean held-out Dice {gate['int8']['mean']:.4f} falls more than {plan.tolerance} "
                 f"below float32's {gate['float32']['mean']:.4f}"
             )
-            if not plan.force:
-                raise ExportError(f"{verdict}; nothing was written (pass --force to export it anyway)")
-            warnings.warn(f"{verdict}; exported because it was forced", MedSAMixWarning, stacklevel=3)
+            _refuse_unless_forced(verdict, plan.force)
     record["forced"] = plan.force and (record["gate"] is None or not record["gate"]["passed"])
     os.replace(quantized, folder / ENCODER_FILE)
     return record
+
+
+def _refuse_unless_forced(verdict: str, force: bool) -> None:
+    """A failed gate (quality or int8): ExportError with `verdict`, or with `force` a warning that it was exported
+    anyway (the CLI prints a MedSAMixWarning as one line)."""
+    if not force:
+        raise ExportError(f"{verdict}; nothing was written (pass --force to export it anyway)")
+    warnings.warn(f"{verdict}; exported because it was forced", MedSAMixWarning, stacklevel=4)
 
 
 def _gate(
@@ -453,9 +459,7 @@ def _gate(
             f"the model's mean held-out Dice {model['mean']:.4f} over {len(specs)} task(s) does not beat its best "
             f"input '{gate['best_input']}' ({best['mean']:.4f})"
         )
-        if not force:
-            raise ExportError(f"{verdict}; nothing was written (pass --force to export it anyway)")
-        warnings.warn(f"{verdict}; exported because it was forced", MedSAMixWarning, stacklevel=3)
+        _refuse_unless_forced(verdict, force)
     gate["forced"] = force and not gate["passed"]
     return gate
 
