@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.serve_bench import cases, run_load, vit_b_store  # noqa: E402
 from search.config import load_task_specs  # noqa: E402
-from search.data import load_task  # noqa: E402
 from search.export import export_model, load_source, relative_error  # noqa: E402
 from search.quantize import Int8Plan, model_inputs, quantize_encoder  # noqa: E402
 from search.slices import Task  # noqa: E402
@@ -144,9 +143,8 @@ def main() -> None:
         parser.error(
             "--served exports the random ViT-B twice (float32, int8) into one store: leave out --vit-b-encoder"
         )
-    loaded = {spec.name: load_task(spec) for spec in load_task_specs(TASKS)}
-    calibration = {n: t[0] for n, t in loaded.items()}
-    held_out = {n: t[1] for n, t in loaded.items()}
+    plan = Int8Plan.of(load_task_specs(TASKS))
+    calibration, held_out = dict(plan.calibration), dict(plan.held_out)
     probe = {"ct_liver": held_out["ct_liver"]}
     result: dict[str, object] = {
         "date": date.today().isoformat(),
@@ -162,7 +160,7 @@ def main() -> None:
             work / "models",
             tasks=list(calibration),
             force=True,  # the merge's own gate is the one models/demo records; only int8's is measured here
-            int8=Int8Plan(calibration, held_out),
+            int8=plan,
         )
         gate = json.loads((demo8 / "manifest.json").read_text())["quantization"]["gate"]
         result["demo_export_s"] = time.perf_counter() - start
