@@ -124,7 +124,9 @@ class ZooConfig:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _ellipsoid(zz, yy, xx, center, axes, angle=0.0) -> np.ndarray:
+def ellipsoid(zz, yy, xx, center, axes, angle=0.0) -> np.ndarray:
+    """Inside of the ellipsoid (bool, the grids' shape) with `center` and semi-`axes` as (z, y, x) in the grids'
+    units, turned by `angle` (radians) in the (y, x) plane."""
     c, s = math.cos(angle), math.sin(angle)
     dy, dx = yy - center[1], xx - center[2]
     ry, rx = c * dy - s * dx, s * dy + c * dx
@@ -153,7 +155,7 @@ def ct_volume(seed: int, depth: int = 16, size: int = SIZE) -> tuple[np.ndarray,
         ("kidney", 150.0, (-0.25 * j(), 0.3 * j(), 0.3 * j()), (0.45, 0.14 * j(), 0.09 * j()), -0.4),
     ]
     for name, hu, center, axes, angle in organs:
-        region = _ellipsoid(zz, yy, xx, center, axes, angle) & inner
+        region = ellipsoid(zz, yy, xx, center, axes, angle) & inner
         image[region] = hu + 8 * rng.normal()
         label[region] = CT_LABELS[name]
     spine = (((yy - 0.45 * j()) / 0.12) ** 2 + (xx / 0.1) ** 2 <= 1.0) & inner
@@ -415,8 +417,18 @@ def as_float16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def write_nnunet(folder: Path, cases: Sequence[tuple[np.ndarray, np.ndarray]], channel: str, labels: dict) -> None:
-    """An nnU-Net v2 raw dataset; volumes are D x H x W and stored as NIfTI (i, j, k) = (W, H, D)."""
+ZOO_DESCRIPTION = "medsamix tiny zoo (synthetic); regenerate with `medsamix zoo`"
+
+
+def write_nnunet(
+    folder: Path,
+    cases: Sequence[tuple[np.ndarray, np.ndarray]],
+    channel: str,
+    labels: dict,
+    description: str = ZOO_DESCRIPTION,
+) -> None:
+    """An nnU-Net v2 raw dataset; volumes are D x H x W and stored as NIfTI (i, j, k) = (W, H, D), images rounded
+    to int16. nibabel gzips without a name or time in the header, so the same arrays give the same bytes."""
     import nibabel as nib
 
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
@@ -432,7 +444,7 @@ def write_nnunet(folder: Path, cases: Sequence[tuple[np.ndarray, np.ndarray]], c
         "labels": {"background": 0, **labels},
         "numTraining": len(cases),
         "file_ending": ".nii.gz",
-        "description": "medsamix tiny zoo (synthetic); regenerate with `medsamix zoo`",
+        "description": description,
     }
     (folder / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
