@@ -11,8 +11,10 @@ budget: {min: 4, max: 32}                    # calibration slices per task; min 
 granularity: {encoder: [1, 2, 3, 4], prompt: 1, decoder: 2}   # a list is searched, a number is fixed
 methods: [linear, task_arithmetic, ties, slerp, pick]
 normalizations: [sam, medsam]                # the merged model's input convention: fixed or searched
+space: structured                            # flat (the paper's: a merge per group) | structured (search.space)
 initial_design: {lambdas: [0.3, 0.6, 1.0], random: 5}
 pick: mean                                   # Pareto pick: mean | worst | a task's name
+choice: nearest                              # best | nearest (search.choice: robust to few calibration cases)
 seed: 0
 workers: 1                                   # or scheduler: tcp://host:8786
 device: auto
@@ -26,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -85,8 +87,10 @@ class SearchConfig(_Strict):
     granularity: dict[str, list[int]] = Field(default={"encoder": [2], "prompt": [1], "decoder": [2]})
     methods: list[str] = Field(default=["linear", "task_arithmetic", "ties", "slerp", "pick"], min_length=1)
     normalizations: list[NormalizationName] = Field(default=list(NORMALIZATION_NAMES), min_length=1)
+    space: Literal["flat", "structured"] = "flat"
     initial_design: InitialDesign = InitialDesign()
     pick: str = "mean"
+    choice: Literal["best", "nearest"] = "best"
     seed: int = Field(default=0, ge=0)
     workers: int = Field(default=1, ge=1)
     scheduler: str | None = None
@@ -142,7 +146,7 @@ class SearchConfig(_Strict):
         return {m.name: m.normalization for m in (self.base, *self.models)}
 
     def space_spec(self) -> SpaceSpec:
-        return SpaceSpec(self.granularity, self.methods, tuple(self.normalizations))
+        return SpaceSpec(self.granularity, self.methods, tuple(self.normalizations), self.space)
 
     def resolved(self, folder: Path) -> SearchConfig:
         """The same configuration with every relative path made absolute against `folder`."""
@@ -161,9 +165,11 @@ class SearchConfig(_Strict):
         )
 
     def fingerprint(self) -> str:
-        """What makes two runs the same search: everything but where and on how many workers it runs, and how many
-        trials (a finished search can be given more and continues)."""
-        data = self.model_dump(mode="json", exclude={"trials", "workers", "scheduler", "device", "output"})
+        """What makes two runs the same search: everything but where and on how many workers it runs, how many
+        trials (a finished search can be given more and continues) and the choice rule (applied to the trials
+        afterwards: a finished search rerun with another rule re-chooses)."""
+        excluded = {"trials", "workers", "scheduler", "device", "output", "choice"}
+        data = self.model_dump(mode="json", exclude=excluded)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from ConfigSpace import Configuration
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -35,10 +36,12 @@ from smac.runhistory.dataclasses import TrialInfo, TrialValue
 from smac.runhistory.enumerations import StatusType
 
 from search.baselines import baselines, initial_configurations
+from search.choice import choose, objective
 from search.config import ConfigError, SearchConfig
 from search.errors import MedSAMixError
 from search.files import atomic_write
 from search.journal import Journal
+from search.merge.engine import MergeEngine
 from search.recipe import InputModel, Recipe, recipe_yaml, save_recipe
 from search.space import SearchSpace
 from search.worker import TrialRunner, run_trial
@@ -67,16 +70,22 @@ def pareto_front(points: list[list[float]]) -> list[int]:
     return keep
 
 
+def reference_states(
+    engine: MergeEngine, space: SearchSpace, conventions: Mapping[str, str]
+) -> list[dict[str, torch.Tensor]]:
+    """The weights the `nearest` choice measures distance to: each input, and each uniform baseline merged once
+    (its conventions share the weights) and copied, since a merge is a view of the engine's one output buffer."""
+    states = [engine.input_state(i) for i in range(len(engine.names))]
+    uniform = {b.row: b.config for b in baselines(space, conventions) if b.row not in engine.names}
+    for config in uniform.values():
+        states.append({k: v.clone() for k, v in engine.merge_recipe(space.to_recipe(config)).items()})
+    return states
+
+
 def pick_index(dice: list[dict[str, float]], rule: str) -> int:
     """The stated rule that picks one model off a front: best mean Dice over tasks, best worst-task Dice, or best
     Dice on one named task; ties go to the earlier trial."""
-    if rule == "mean":
-        keys = [float(np.mean(list(d.values()))) for d in dice]
-    elif rule == "worst":
-        keys = [min(d.values()) for d in dice]
-    else:
-        keys = [d[rule] for d in dice]
-    return int(np.argmax(keys))
+    return int(np.argmax([float(objective(d, rule)) for d in dice]))
 
 
 class InProcess:
@@ -171,6 +180,8 @@ class SearchResult:
     best_dice: dict[str, float]
     front: list[dict[str, Any]] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
+    chosen: dict[str, Any] = field(default_factory=dict)  # the journal entry of `best`
+    choice: dict[str, Any] = field(default_factory=dict)  # how it was chosen (search.choice)
 
 
 class Search:
@@ -343,7 +354,7 @@ class Search:
                     progress.update(bar, completed=len(entries), best=_best(entries, high))
         finally:
             executor.close()
-        result = self._result(space, entries, high)
+        result = self._result(space, runner, entries, high)
         self._write_outputs(result, space)
         if self.write_report:
             self._report(runner, result, space)
@@ -401,6 +412,7 @@ class Search:
         }
         if result["status"] == "success":
             entry["dice"] = {name: result["dice"][name] for name in self.tasks}
+            entry["cases"] = {name: result["cases"][name] for name in self.tasks}
         else:
             entry["error"] = result.get("error", "")
         return entry
@@ -423,7 +435,9 @@ class Search:
     # -------------------------------------------------------------------------------------------------------------
     # Results
     # -------------------------------------------------------------------------------------------------------------
-    def _result(self, space: SearchSpace, entries: list[dict[str, Any]], high: int) -> SearchResult:
+    def _result(
+        self, space: SearchSpace, runner: TrialRunner, entries: list[dict[str, Any]], high: int
+    ) -> SearchResult:
         full = [e for e in entries if e["status"] == "success" and e["budget"] == high]
         if not full:
             raise SearchError(
@@ -433,15 +447,25 @@ class Search:
         front = [full[i] for i in pareto_front(costs)]
         rule = self.config.pick if self.config.multi_task else self.tasks[0]
         best = front[pick_index([e["dice"] for e in front], rule)]
+        engine = runner.engine
+        merged = lambda entry: engine.merge_recipe(space.to_recipe(entry["config"]))  # noqa: E731
+        configs = [_plain(b.config) for b in baselines(space, self.config.conventions)]
+        floor = max((float(objective(e["dice"], rule)) for e in full if e["config"] in configs), default=-np.inf)
+        references = reference_states(engine, space, self.config.conventions) if self.config.choice != "best" else []
+        chosen, record = choose(full, best, rule, self.config.choice, merged, references, floor, self.config.seed)
         return SearchResult(
-            best=space.to_recipe(best["config"]),
-            best_dice=best["dice"],
+            best=space.to_recipe(chosen["config"]),
+            best_dice=chosen["dice"],
             front=front if self.config.multi_task else [],
             entries=entries,
+            chosen=chosen,
+            choice=record,
         )
 
     def _write_outputs(self, result: SearchResult, space: SearchSpace) -> None:
         save_recipe(result.best, self.out / "best.yaml")
+        record = json.dumps(result.choice, indent=2)
+        atomic_write(self.out / "choice.json", lambda temp: temp.write_text(record))
         if result.front:
             front = []
             for i, entry in enumerate(result.front):

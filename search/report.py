@@ -128,6 +128,18 @@ def interval_line(interval: dict[str, Any]) -> str:
     )
 
 
+def choice_line(record: dict[str, Any]) -> str:
+    """The report's sentence on how the pick was chosen among the trials (`search.choice`)."""
+    if record["choice"] == "best":
+        return f"Choice rule `best`: the pick is trial {record['chosen_trial']}, the best objective."
+    distance = record["distance"][str(record["chosen_trial"])]
+    return (
+        f"Choice rule `nearest`: trial {record['best_trial']} has the best objective; {len(record['within_noise'])} "
+        f"full-budget trials are within its {record['level']:.0%} paired case-bootstrap noise, and of those trial "
+        f"{record['chosen_trial']} lies nearest an input or uniform baseline (relative weight distance {distance:.4f})."
+    )
+
+
 def objective_plot(entries: list[dict[str, Any]], tasks: list[str], budget: int, path: Path) -> str:
     """Mean calibration Dice per trial (full-budget trials solid, lower budgets faint) and the best so far."""
     figure, ax = plt.subplots(figsize=(7, 3.6))
@@ -257,8 +269,7 @@ def write_report(
     plots = {"objective": objective_plot(result.entries, tasks, budget, folder / "objective.png")}
     if len(tasks) == 2 and result.front:
         full = [e for e in result.entries if e["status"] == "success" and e["budget"] == budget]
-        best = next(e for e in result.front if e["dice"] == result.best_dice)
-        plots["front"] = front_plot(full, result.front, best, tasks, folder / "front.png")
+        plots["front"] = front_plot(full, result.front, result.chosen, tasks, folder / "front.png")
     plots["recipe"] = recipe_plot(result.best, folder / "recipe.png")
     plots["test"] = dice_plot(table, "test", folder / "dice_test.png")
     records = runner.splits
@@ -293,6 +304,7 @@ def write_report(
         lines += ["", f"![Pareto front]({plots['front']})"]
     if result.front:
         lines += ["", f"Pareto front: {len(result.front)} configurations; picked by rule `{config.pick}`."]
+    lines += ["", choice_line(result.choice)]
     lines += [
         "",
         "## The merge",

@@ -11,16 +11,11 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from search.evaluate import Evaluator, case_mean, case_means, mean_over_cases
+from search.evaluate import Evaluator, case_means, mean_over_cases
 from search.slices import Task
 
 Table = dict[str, dict[str, dict[str, float]]]  # row (model) -> task -> split -> Dice
 CaseTable = dict[str, dict[str, dict[str, float]]]  # one model: task -> split -> case -> that case's Dice
-
-
-def task_dice(evaluator: Evaluator, task: Task, normalization: str, budget: int | None = None) -> float:
-    """Dice of the weights loaded in `evaluator` on the first `budget` slices of `task` (all when None)."""
-    return case_mean(task, evaluator.dice(task, normalization, budget=budget))
 
 
 def case_scores(

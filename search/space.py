@@ -6,8 +6,13 @@ Hyperparameter names say where they act (`/` separates the group from what is ch
 - `preprocessing/normalization` — only when both conventions are searched;
 - `<group>/method` — one per layer group; a group that exists only at some granularities is conditioned on those;
 - `<group>/<method>.<param>` and, for a per-input (or per-model) float, `<group>/<method>.<param>.<input>` — active
-  only when the
-  group's method is that method (`pick`'s model is a categorical over the input names).
+  only when the group's method is that method (`pick`'s model is a categorical over the input names).
+
+Two structures (`SpaceSpec.structure`). `flat` is the paper's: every group its own method and parameters. `structured`
+adds `global/method` and `global/<method>.<param>...`, which every group takes unless its `<group>/own` is `yes`, which
+activates that group's own method and parameters (random designs draw `yes` with probability `OWN_WEIGHT`): one
+merge for the whole model first, refined group by group where the data asks for it, so a few trials cover the
+handful of global dimensions before the hundreds of per-group ones.
 
 A configuration maps to a `Recipe` and back, so what SMAC proposes is exactly what a person can read and replay.
 """
@@ -26,9 +31,13 @@ from search.architectures import SamArchitecture
 from search.groups import Granularity, layer_groups
 from search.merge import FloatParam, InputChoice, MergeMethod, get_method
 from search.recipe import GranularitySpec, GroupEntry, InputModel, Preprocessing, Recipe
+from service.errors import unknown_name
 from service.imaging import NORMALIZATION_NAMES
 
 COMPONENTS = ("encoder", "prompt", "decoder")
+STRUCTURES = ("flat", "structured")
+GLOBAL = "global"  # the structured space's prefix for the merge every group takes unless it has its own
+OWN_WEIGHT = 0.2  # how often a random structured configuration gives a group its own merge
 
 
 def _plain(value: Any) -> Any:
@@ -43,6 +52,11 @@ class SpaceSpec:
     granularity: Mapping[str, Sequence[int]]  # component -> values (one value: fixed)
     methods: Sequence[str]
     normalizations: Sequence[str] = NORMALIZATION_NAMES
+    structure: str = "flat"
+
+    def __post_init__(self) -> None:
+        if self.structure not in STRUCTURES:
+            raise ValueError(unknown_name("search space structure", self.structure, STRUCTURES))
 
 
 class SearchSpace:
@@ -88,19 +102,32 @@ class SearchSpace:
                     where[group.name] = (component, set())
                     order.append(group.name)
                 where[group.name][1].add(getattr(granularity, component))
-        method_names = [m.name for m in self.methods]
+        structured = self.spec.structure == "structured"
+        if structured:
+            self._add_method(GLOBAL, hyperparameters, conditions)
         for name in order:
             component, values = where[name]
-            method = Categorical(f"{name}/method", method_names, default=method_names[0])
-            hyperparameters.append(method)
+            top = method = self._add_method(name, hyperparameters, conditions)
+            if structured:  # the group's own merge, active when it has one
+                top = Categorical(f"{name}/own", ["no", "yes"], default="no", weights=[1 - OWN_WEIGHT, OWN_WEIGHT])
+                hyperparameters.append(top)
+                conditions.append(EqualsCondition(method, top, "yes"))
             if component in parents and values != set(searched[component]):
-                conditions.append(InCondition(method, parents[component], sorted(values)))
-            for merge_method in self.methods:
-                for child in self._method_hyperparameters(name, merge_method):
-                    hyperparameters.append(child)
-                    conditions.append(EqualsCondition(child, method, merge_method.name))
+                conditions.append(InCondition(top, parents[component], sorted(values)))
         self.space.add(hyperparameters)
         self.space.add(conditions)
+
+    def _add_method(self, prefix: str, hyperparameters: list[Any], conditions: list[Any]) -> Hyperparameter:
+        """`prefix/method` and each method's parameters, active when it is chosen; returns the method's
+        hyperparameter."""
+        names = [m.name for m in self.methods]
+        method = Categorical(f"{prefix}/method", names, default=names[0])
+        hyperparameters.append(method)
+        for merge_method in self.methods:
+            for child in self._method_hyperparameters(prefix, merge_method):
+                hyperparameters.append(child)
+                conditions.append(EqualsCondition(child, method, merge_method.name))
+        return method
 
     def _method_hyperparameters(self, group: str, method: MergeMethod) -> list[Hyperparameter]:
         result: list[Hyperparameter] = []
@@ -122,10 +149,11 @@ class SearchSpace:
         normalization = values.get("preprocessing/normalization", self.spec.normalizations[0])
         groups = []
         for name in self._groups_at[granularity]:
-            method = get_method(values[f"{name}/method"])
+            prefix = name if self.spec.structure == "flat" or values.get(f"{name}/own") == "yes" else GLOBAL
+            method = get_method(values[f"{prefix}/method"])
             params: dict[str, Any] = {}
             for p in method.params:
-                key = f"{name}/{method.name}.{p.name}"
+                key = f"{prefix}/{method.name}.{p.name}"
                 if isinstance(p, FloatParam) and (keys := p.keys(self.inputs)) is not None:
                     params[p.name] = {i: float(values[f"{key}.{i}"]) for i in keys}
                 else:
@@ -145,25 +173,42 @@ class SearchSpace:
         self, granularity: Granularity, normalization: str, entries: Mapping[str, tuple[str, Mapping[str, Any]]]
     ) -> Configuration:
         """The configuration of one method per group: `entries` maps group -> (method, recipe-form params); a
-        parameter left out takes its declared default. Raises ValueError when it is not in this space."""
+        parameter left out takes its declared default. In the structured space the first group's merge is the
+        global one and only groups that differ from it get their own. Raises ValueError when it is not in this
+        space."""
         values: dict[str, Any] = {}
         for c in COMPONENTS:
             if len(self.spec.granularity[c]) > 1:
                 values[f"granularity/{c}"] = getattr(granularity, c)
         if len(self.spec.normalizations) > 1:
             values["preprocessing/normalization"] = normalization
-        for name in self._groups_at[granularity]:
+        names = self._groups_at[granularity]
+        filled = {}
+        for name in names:
             method_name, given = entries[name]
-            method = get_method(method_name)
-            values[f"{name}/method"] = method_name
-            params = {**method.defaults(self.inputs), **given}
-            for p in method.params:
-                key = f"{name}/{method_name}.{p.name}"
-                if isinstance(p, FloatParam) and (keys := p.keys(self.inputs)) is not None:
-                    values.update({f"{key}.{i}": float(params[p.name][i]) for i in keys})
-                else:
-                    values[key] = params[p.name]
+            filled[name] = (method_name, {**get_method(method_name).defaults(self.inputs), **given})
+        shared = filled[names[0]] if self.spec.structure == "structured" else None
+        if shared is not None:
+            values.update(self._method_values(GLOBAL, *shared))
+        for name in names:
+            if shared is None:
+                values.update(self._method_values(name, *filled[name]))
+            elif filled[name] == shared:
+                values[f"{name}/own"] = "no"
+            else:
+                values.update({f"{name}/own": "yes", **self._method_values(name, *filled[name])})
         return Configuration(self.space, values=values)
+
+    def _method_values(self, prefix: str, method_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The hyperparameter values under `prefix` of one method with its recipe-form `params`."""
+        values: dict[str, Any] = {f"{prefix}/method": method_name}
+        for p in get_method(method_name).params:
+            key = f"{prefix}/{method_name}.{p.name}"
+            if isinstance(p, FloatParam) and (keys := p.keys(self.inputs)) is not None:
+                values.update({f"{key}.{i}": float(params[p.name][i]) for i in keys})
+            else:
+                values[key] = params[p.name]
+        return values
 
     def uniform(self, method: str, params: Mapping[str, Any] | None = None, normalization: str | None = None):
         """One method with the same parameters in every group, at the first granularity searched."""

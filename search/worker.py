@@ -19,10 +19,9 @@ import torch
 from search.checkpoints import load_checkpoint
 from search.config import SearchConfig
 from search.data import load_task
-from search.evaluate import Evaluator
+from search.evaluate import Evaluator, case_means, mean_over_cases
 from search.merge.engine import MergeEngine
 from search.recipe import parse_recipe
-from search.scores import task_dice
 from search.slices import Task
 from search.trial_timing import Stopwatch
 
@@ -71,14 +70,20 @@ class TrialRunner:
         return _RUNNERS[key]
 
     def run(self, recipe_text: str, budget: int | None) -> dict[str, Any]:
-        """Per-task calibration Dice of a recipe on the first `budget` slices of each task, and where time went."""
+        """Per-task calibration Dice of a recipe on the first `budget` slices of each task, each case's Dice (what
+        the choice rule resamples), and where time went."""
         recipe = parse_recipe(recipe_text, source="trial recipe")
         with self.stopwatch("merge"):
             state = self.engine.merge_recipe(recipe)
             self.evaluator.load(state)
         normalization = recipe.preprocessing.normalization
-        dice = {name: task_dice(self.evaluator, task, normalization, budget) for name, task in self.tasks.items()}
-        return {"dice": dice, "timings": {**self.stopwatch.take(), **self.evaluator.stopwatch.take()}}
+        cases = {
+            name: case_means(task, self.evaluator.dice(task, normalization, budget=budget))
+            for name, task in self.tasks.items()
+        }
+        dice = {name: mean_over_cases(by_case) for name, by_case in cases.items()}
+        timings = {**self.stopwatch.take(), **self.evaluator.stopwatch.take()}
+        return {"dice": dice, "cases": cases, "timings": timings}
 
 
 _RUNNERS: dict[str, TrialRunner] = {}

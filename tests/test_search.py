@@ -33,9 +33,9 @@ INPUTS = [InputModel(name="base", path="b"), InputModel(name="ct", path="c"), In
 METHODS = ["linear", "task_arithmetic", "ties", "slerp", "pick"]
 
 
-def space(granularity=None, methods=METHODS, normalizations=("sam", "medsam")) -> SearchSpace:
+def space(granularity=None, methods=METHODS, normalizations=("sam", "medsam"), structure="flat") -> SearchSpace:
     granularity = granularity or {"encoder": [2], "prompt": [1], "decoder": [2]}
-    spec = SpaceSpec(granularity, methods, normalizations)
+    spec = SpaceSpec(granularity, methods, normalizations, structure)
     return SearchSpace(ARCHITECTURES["tiny"], INPUTS[0], INPUTS[1:], spec, seed=0)
 
 
@@ -62,15 +62,39 @@ def outcome(entries: list[dict]) -> list[tuple]:
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def test_every_sampled_configuration_is_a_valid_recipe_and_maps_back():
-    searched = space({"encoder": [1, 2, 3, 4], "prompt": [1, 4], "decoder": [1, 2, 4]})
+@pytest.mark.parametrize("structure", ["flat", "structured"])
+def test_every_sampled_configuration_is_a_valid_recipe_and_maps_back(structure):
+    searched = space({"encoder": [1, 2, 3, 4], "prompt": [1, 4], "decoder": [1, 2, 4]}, structure=structure)
     for config in searched.space.sample_configuration(40):
         recipe = searched.to_recipe(config)
         plan = recipe.plan(ARCHITECTURES["tiny"])  # every group named once, every parameter in range
         assert len(plan) == len(recipe.groups)
         entries = {g.group: (g.method, g.params) for g in recipe.groups}
         back = searched.configuration(recipe.granularity.to_granularity(), recipe.preprocessing.normalization, entries)
-        assert back == config
+        # Flat: one configuration per recipe. Structured: several write the same recipe (a group's own merge equal to
+        # the global one), and the recipe's canonical configuration writes it back.
+        assert back == config if structure == "flat" else searched.to_recipe(back) == recipe
+
+
+def test_the_structured_space_gives_every_group_the_global_merge_unless_it_has_its_own():
+    searched = space(structure="structured")
+    groups = searched._groups_at[searched.granularities()[0]]
+    config = searched.uniform("ties", {"density": 0.3, "lambda": 0.7})
+    values = dict(config)
+    assert values["global/method"] == "ties" and all(values[f"{g}/own"] == "no" for g in groups)
+    assert not any(key.startswith(f"{g}/ties") or key == f"{g}/method" for g in groups for key in values)
+    recipe = searched.to_recipe(config)
+    assert all(e.method == "ties" and (e.params["density"], e.params["lambda"]) == (0.3, 0.7) for e in recipe.groups)
+    assert len({json.dumps(e.params, sort_keys=True) for e in recipe.groups}) == 1
+    # One group refined: only it has its own method; the others keep the global merge.
+    own = {**values, f"{groups[3]}/own": "yes", f"{groups[3]}/method": "pick", f"{groups[3]}/pick.model": "mr"}
+    refined = searched.to_recipe(Configuration(searched.space, values=own))
+    assert [(e.group, e.method) for e in refined.groups if e.method != "ties"] == [(groups[3], "pick")]
+    # Random configurations start mostly global (OWN_WEIGHT), so the few global dimensions are covered first.
+    sampled = searched.space.sample_configuration(200)
+    share = np.mean([dict(c)[f"{g}/own"] == "yes" for c in sampled for g in groups])
+    assert 0.1 < share < 0.3
+    assert len(searched.space) > len(space().space)  # the flat space's per-group dimensions are all still there
 
 
 def test_method_parameters_exist_only_when_the_method_is_chosen():
@@ -286,12 +310,15 @@ def test_single_task_search_writes_recipe_report_and_smac_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_pick_is_never_below_a_baseline_the_report_scores(tmp_path):
+@pytest.mark.parametrize("structure, choice", [("flat", "best"), ("structured", "nearest")])
+def test_the_pick_is_never_below_a_baseline_the_report_scores(tmp_path, structure, choice):
     # medsam first: the uniform baselines under sam (the best ones on this task) are the second convention searched.
     settings = {
         "methods": ["linear", "ties", "pick"],
         "normalizations": ["medsam", "sam"],
         "initial_design": {"lambdas": [0.5], "random": 0},
+        "space": structure,
+        "choice": choice,
     }
     config = load_search_config(write_config(tmp_path, ["mr_white_matter"], trials=12, **settings))
     result = Search(config, progress=False).run()
