@@ -106,6 +106,15 @@ def _ellipse(yy: np.ndarray, xx: np.ndarray, center, axes, angle: float = 0.0) -
     return ellipsoid(np.zeros_like(yy), yy, xx, (0.0, *center), (1.0, *axes), angle)
 
 
+def _torso(yy: np.ndarray, xx: np.ndarray, j: Callable[..., float], axes, spreads, margin: float):
+    """(ay, ax, body, inner): the body's outline, half-axes `axes` (y, x) jittered by `spreads`, and the outline
+    `margin` inside it (jittered by up to 30 %)."""
+    ay, ax = axes[0] * j(spreads[0]), axes[1] * j(spreads[1])
+    body = _ellipse(yy, xx, (0.0, 0.0), (ay, ax))
+    inner = _ellipse(yy, xx, (0.0, 0.0), (ay - margin * j(0.3), ax - margin * j(0.3)))
+    return ay, ax, body, inner
+
+
 def _cortical(region: np.ndarray, shell: float, cortex: float, core: float, marrow: np.ndarray) -> np.ndarray:
     """HU of a bone: `cortex` within `shell` pixels of its in-plane edge, `core` plus trabecular `marrow` inside."""
     depth = np.stack([ndimage.distance_transform_edt(r) for r in region])
@@ -124,10 +133,8 @@ def chest_ct(seed: int, depth: int = DEPTH, height: int = HEIGHT, width: int = S
     j = _jitter(rng)
     zz, yy, xx = _grid(depth, height, width)
     image = np.full(zz.shape, -1000.0)
-    ay, ax = 0.62 * j(0.08), 0.9 * j(0.05)
-    body = _ellipse(yy, xx, (0.0, 0.0), (ay, ax))
+    ay, ax, body, wall = _torso(yy, xx, j, (0.62, 0.9), (0.08, 0.05), 0.06)
     image[body] = -100.0  # subcutaneous fat
-    wall = _ellipse(yy, xx, (0.0, 0.0), (ay - 0.06 * j(0.3), ax - 0.06 * j(0.3)))
     image[wall] = 45.0  # chest-wall muscle
     cavity = _ellipse(yy, xx, (0.02, 0.0), (ay - 0.14 * j(0.2), ax - 0.13 * j(0.2)))
     # the heart grows towards the lower slices (z > 0); the mediastinum narrows upwards
@@ -198,10 +205,8 @@ def cardiac_mr(seed: int, depth: int = DEPTH, height: int = HEIGHT, width: int =
     j = _jitter(rng)
     zz, yy, xx = _grid(depth, height, width)
     image = np.zeros(zz.shape)
-    ay, ax = 0.66 * j(0.08), 0.9 * j(0.05)
-    body = _ellipse(yy, xx, (0.0, 0.0), (ay, ax))
+    ay, ax, body, muscle = _torso(yy, xx, j, (0.66, 0.9), (0.08, 0.05), 0.06)
     image[body] = 0.85  # subcutaneous fat
-    muscle = _ellipse(yy, xx, (0.0, 0.0), (ay - 0.06 * j(0.3), ax - 0.06 * j(0.3)))
     image[muscle] = 0.3
     cavity = _ellipse(yy, xx, (0.03, 0.0), (ay - 0.14, ax - 0.13))
     image[cavity] = 0.05  # lungs
@@ -263,10 +268,8 @@ def pelvis_ct(seed: int, depth: int = DEPTH, height: int = HEIGHT, width: int = 
     j = _jitter(rng)
     zz, yy, xx = _grid(depth, height, width)
     image = np.full(zz.shape, -1000.0)
-    ay, ax = 0.6 * j(0.08), 0.92 * j(0.04)
-    body = _ellipse(yy, xx, (0.0, 0.0), (ay, ax))
+    ay, ax, body, inner = _torso(yy, xx, j, (0.6, 0.92), (0.08, 0.04), 0.07)
     image[body] = -100.0
-    inner = _ellipse(yy, xx, (0.0, 0.0), (ay - 0.07 * j(0.3), ax - 0.07 * j(0.3)))
     strands = ndimage.gaussian_filter(rng.normal(size=zz.shape), (1, 2.5, 2.5))
     image[inner] = np.where(strands[inner] > 0.25, -90.0, 50.0 + 15 * strands[inner])  # muscles, fat between
     marrow = 50 * ndimage.gaussian_filter(rng.normal(size=zz.shape), (0, 0.8, 0.8))

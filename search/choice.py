@@ -19,14 +19,15 @@ The objective is the Pareto pick's (`mean`, `worst` or one task's Dice) over eac
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
 from search.scores import BOOTSTRAP_RESAMPLES
 
-CHOICES = ("best", "nearest")
+Choice = Literal["best", "nearest"]
+CHOICES: tuple[str, ...] = get_args(Choice)
 LEVEL = 0.95
 
 Cases = Mapping[str, Mapping[str, float]]  # task -> case -> that case's Dice

@@ -28,15 +28,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search.choice import Choice
 from search.data import DataSpec
 from search.errors import MedSAMixError, first_validation_error
 from search.files import require_file, yaml_mapping
 from search.merge import METHODS
-from search.space import COMPONENTS, SpaceSpec
+from search.space import COMPONENTS, SpaceSpec, Structure
 from service.imaging import NORMALIZATION_NAMES, NormalizationName
 
 
@@ -87,10 +88,10 @@ class SearchConfig(_Strict):
     granularity: dict[str, list[int]] = Field(default={"encoder": [2], "prompt": [1], "decoder": [2]})
     methods: list[str] = Field(default=["linear", "task_arithmetic", "ties", "slerp", "pick"], min_length=1)
     normalizations: list[NormalizationName] = Field(default=list(NORMALIZATION_NAMES), min_length=1)
-    space: Literal["flat", "structured"] = "flat"
+    space: Structure = "flat"
     initial_design: InitialDesign = InitialDesign()
     pick: str = "mean"
-    choice: Literal["best", "nearest"] = "best"
+    choice: Choice = "best"
     seed: int = Field(default=0, ge=0)
     workers: int = Field(default=1, ge=1)
     scheduler: str | None = None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ConfigSpace import Categorical, Configuration, ConfigurationSpace, EqualsCondition, Float, InCondition
 from ConfigSpace.hyperparameters import Hyperparameter
@@ -35,7 +35,8 @@ from service.errors import unknown_name
 from service.imaging import NORMALIZATION_NAMES
 
 COMPONENTS = ("encoder", "prompt", "decoder")
-STRUCTURES = ("flat", "structured")
+Structure = Literal["flat", "structured"]
+STRUCTURES: tuple[str, ...] = get_args(Structure)
 GLOBAL = "global"  # the structured space's prefix for the merge every group takes unless it has its own
 OWN_WEIGHT = 0.2  # how often a random structured configuration gives a group its own merge
 
