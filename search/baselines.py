@@ -3,7 +3,8 @@
 The search's initial design starts with every one of them and the report scores the same list, so on calibration
 data the pick is never below a baseline the report shows (the pick is the best full-budget trial, and each baseline
 is a trial). The list: each input alone (`pick` everywhere) under each allowed convention, and each uniform baseline
-(every group the same method at its declared defaults) under each allowed convention.
+(every group the same method at its declared defaults) under each allowed convention; each of them under each preset
+variant (`SearchSpace.preset_variants`) where tasks list several intensity presets.
 
 The guarantee needs every baseline to run on the full budget: it holds when the search has at least as many trials
 as baselines and a single budget (Hyperband starts the initial design on its lowest budget).
@@ -33,32 +34,39 @@ class Baseline:
 
     row: str
     normalization: str
+    presets: dict[str, str]  # task -> intensity preset, for the tasks that list several
     config: Configuration
 
 
-def _alone(space: SearchSpace, name: str, normalization: str) -> Configuration | None:
+def _alone(space: SearchSpace, name: str, normalization: str, presets: dict[str, str]) -> Configuration | None:
     """Input `name` unchanged: `pick` it, else linear with all weight on it; None when neither is searched."""
     if "pick" in space.spec.methods:
-        return space.uniform("pick", {"model": name}, normalization)
+        return space.uniform("pick", {"model": name}, normalization, presets)
     if "linear" in space.spec.methods:
         weights = {i: 1.0 if i == name else 0.0 for i in space.inputs}
-        return space.uniform("linear", {"weights": weights}, normalization)
+        return space.uniform("linear", {"weights": weights}, normalization, presets)
     return None
 
 
 def baselines(space: SearchSpace, conventions: Mapping[str, str]) -> list[Baseline]:
     """Every baseline of a search in `space`, inputs first (each under its training convention first)."""
     allowed = list(space.spec.normalizations)
+    variants = space.preset_variants()
     result: list[Baseline] = []
     for name in space.inputs:
         own = trained_convention(name, conventions)
         for normalization in sorted(allowed, key=lambda n: n != own):
-            config = _alone(space, name, normalization)
-            if config is not None:
-                result.append(Baseline(name, normalization, config))
+            for presets in variants:
+                config = _alone(space, name, normalization, presets)
+                if config is not None:
+                    result.append(Baseline(name, normalization, presets, config))
     for method in UNIFORM_METHODS:
         if method in space.spec.methods:
-            result += [Baseline(f"uniform {method}", n, space.uniform(method, normalization=n)) for n in allowed]
+            result += [
+                Baseline(f"uniform {method}", n, presets, space.uniform(method, normalization=n, presets=presets))
+                for n in allowed
+                for presets in variants
+            ]
     return result
 
 

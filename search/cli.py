@@ -157,22 +157,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from search.baselines import trained_convention
     from search.checkpoints import load_checkpoint
     from search.config import load_conventions, load_task_specs
-    from search.data import load_task
+    from search.data import chosen_presets, load_task
     from search.evaluate import Evaluator
     from search.merge.engine import load_recipe_inputs
     from search.recipe import load_recipe
     from search.scores import score
 
     path = Path(args.model)
-    loaded = {spec.name: load_task(spec) for spec in load_task_specs(args.tasks)}
+    recipe = load_recipe(path) if path.suffix in (".yaml", ".yml") else None
+    specs = chosen_presets(load_task_specs(args.tasks), recipe.preprocessing.presets if recipe else None)
+    loaded = {spec.name: load_task(spec) for spec in specs}
     splits = {
         "calibration": {n: t.calibration for n, t in loaded.items()},
         "test": {n: t.test for n, t in loaded.items()},
     }
     if args.split != "both":
         splits = {args.split: splits[args.split]}
-    if path.suffix in (".yaml", ".yml"):
-        recipe = load_recipe(path)
+    if recipe is not None:
         engine = load_recipe_inputs(recipe, path.resolve().parent, device=args.device)
         arch = engine.arch
         normalization = args.normalization or recipe.preprocessing.normalization
@@ -205,6 +206,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from search.config import load_conventions, load_task_specs
+    from search.data import chosen_presets
     from search.errors import ExportError
     from search.export import export_model, load_source, parse_task
     from search.quantize import Int8Plan
@@ -221,7 +223,8 @@ def cmd_export(args: argparse.Namespace) -> None:
         )
     source = load_source(args.source, args.normalization)
     tasks = dict(parse_task(spec) for spec in args.task)
-    specs = load_task_specs(args.tasks) if args.tasks else []
+    chosen = source.recipe.preprocessing.presets if source.recipe else None  # where a search chose the windows
+    specs = chosen_presets(load_task_specs(args.tasks), chosen) if args.tasks else []
     out = export_model(
         source,
         args.name,

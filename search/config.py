@@ -6,6 +6,7 @@ models:
   - {name: medsam, path: medsam_vit_b.pth, normalization: medsam}   # the convention each input was trained under
 tasks:                                       # search.data specs; one task: single-objective, more: ParEGO
   - {name: liver, path: data/Dataset001, format: nnunet, labels: 1, preset: ct_abdomen}
+  - {name: nodule, path: data/Dataset101, format: nnunet, labels: 2, preset: [ct_lung, ct_abdomen]}  # chosen
 trials: 120
 budget: {min: 4, max: 32}                    # calibration slices per task; min < max: Hyperband over this range
 granularity: {encoder: [1, 2, 3, 4], prompt: 1, decoder: 2}   # a list is searched, a number is fixed
@@ -147,7 +148,8 @@ class SearchConfig(_Strict):
         return {m.name: m.normalization for m in (self.base, *self.models)}
 
     def space_spec(self) -> SpaceSpec:
-        return SpaceSpec(self.granularity, self.methods, tuple(self.normalizations), self.space)
+        presets = {t.name: t.preset for t in self.tasks if isinstance(t.preset, tuple)}
+        return SpaceSpec(self.granularity, self.methods, tuple(self.normalizations), self.space, presets)
 
     def resolved(self, folder: Path) -> SearchConfig:
         """The same configuration with every relative path made absolute against `folder`."""

@@ -508,7 +508,7 @@ def export_model(
         raise ExportError(f"{out / name} already exists; choose another name or pass --overwrite to replace it")
     geometry = geometry or source.normalization
     if specs:
-        tasks, presets = [spec.name for spec in specs], {spec.name: spec.preset for spec in specs if spec.preset}
+        tasks, presets = [spec.name for spec in specs], {s.name: p for s in specs if (p := s.presets[0])}
     presets = dict(presets or {})
     try:
         imaging.get_geometry(geometry)

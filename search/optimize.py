@@ -243,7 +243,7 @@ class Search:
         return made[0], made[1:]
 
     def _budgets(self, runner: TrialRunner) -> tuple[int, int]:
-        largest = max(len(t.slices) for t in runner.tasks.values())
+        largest = max(len(t.slices) for t in runner.split("calibration").values())
         high = min(self.config.budget.max or largest, largest)
         low = min(self.config.budget.min or high, high)
         return low, high

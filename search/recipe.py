@@ -5,7 +5,8 @@ base: {name: sam, path: sam_vit_b_01ec64.pth, sha256: ...}
 models:
   - {name: medsam, path: medsam_vit_b.pth, sha256: ...}
 architecture: vit_b                       # optional; checked against the files
-preprocessing: {normalization: sam}       # or medsam: the encoder input convention of the merged model
+preprocessing: {normalization: sam}       # or medsam: the encoder input convention of the merged model;
+                                          # presets: {task: ct_lung} where a search chose a task's window
 granularity: {encoder: 2, prompt: 1, decoder: 2}
 seed: 0                                   # DARE's random draws
 groups:
@@ -30,7 +31,7 @@ from search.files import atomic_write, require_file, yaml_mapping
 from search.groups import Granularity, LayerGroup, layer_groups
 from search.merge import MergeMethod, get_method
 from service.errors import unknown_name
-from service.imaging import NormalizationName
+from service.imaging import NormalizationName, get_preset
 
 
 class _Strict(BaseModel):
@@ -45,6 +46,14 @@ class InputModel(_Strict):
 
 class Preprocessing(_Strict):
     normalization: NormalizationName = "sam"
+    presets: dict[str, str] | None = None  # task -> the intensity preset a search chose among that task's list
+
+    @field_validator("presets")
+    @classmethod
+    def _known_presets(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name in (value or {}).values():
+            get_preset(name)  # an unknown name fails listing the known ones
+        return value
 
 
 class GranularitySpec(_Strict):

@@ -12,7 +12,7 @@ import json
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
-from search.baselines import Baseline, baselines, trained_convention  # noqa: E402
+from search.baselines import baselines, trained_convention  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
 from search.files import atomic_write  # noqa: E402
 from search.merge.engine import MergeEngine  # noqa: E402
@@ -58,52 +58,75 @@ def _save(figure: plt.Figure, path: Path) -> str:
     return path.name
 
 
+class Scored(NamedTuple):
+    """`score_table`'s answer: Dice per row, each row's convention and intensity presets (tasks that list several),
+    and each merge's Dice per case (for its case-bootstrap interval)."""
+
+    table: Table
+    conventions: dict[str, str]
+    presets: dict[str, dict[str, str]]
+    merge_cases: dict[str, CaseTable]
+
+
 def score_table(
     config: SearchConfig,
     runner: TrialRunner,
     merges: dict[str, Recipe],
     space: SearchSpace,
     scored: Callable[[int, int], None] = lambda done, total: None,
-) -> tuple[Table, dict[str, str], dict[str, CaseTable]]:
+) -> Scored:
     """Dice of the search's baselines (`search.baselines`) and each merge, on both splits. An input runs under its
-    training convention; a uniform baseline under whichever of its allowed conventions scores best on calibration
-    (the initial design ran it under each). Also returns each row's convention, and each merge's Dice per case
-    (for its case-bootstrap interval). `scored(done, total)` is called after each row: scoring every row on both
-    splits can take as long as the search did."""
-    splits = {"calibration": runner.tasks, "test": runner.tests}
+    training convention, a uniform baseline under each of its allowed conventions, each under each preset variant;
+    the row shows the one that scores best on calibration (the initial design ran every one), held out under it.
+    `scored(done, total)` is called after each row: scoring every row on both splits can take as long as the search
+    did."""
     engine: MergeEngine = runner.engine
-    table: Table = {}
-    conventions: dict[str, str] = {}
-    rows: dict[str, list[Baseline]] = {}
+    evaluator = runner.evaluator
+    variants = space.preset_variants()
+    candidates: dict[str, list[tuple[str, dict[str, str]]]] = {
+        name: [(trained_convention(name, config.conventions), v) for v in variants] for name in engine.names
+    }
     for baseline in baselines(space, config.conventions):
         if baseline.row not in engine.names:
-            rows.setdefault(baseline.row, []).append(baseline)
-    total = len(engine.names) + len(rows) + len(merges)
-    for i, name in enumerate(engine.names):
-        conventions[name] = trained_convention(name, config.conventions)
-        table[name] = score(runner.evaluator, engine.input_state(i), conventions[name], splits)
-        scored(len(table), total)
-    for row, measured in rows.items():
-        # The convention changes only how images are fed, not the merged weights: merge once, score calibration
-        # under each allowed convention, then the held-out cases under the best one.
-        state = engine.merge_recipe(space.to_recipe(measured[0].config))
-        by_convention = {
-            b.normalization: score(runner.evaluator, state, b.normalization, {"calibration": runner.tasks})
-            for b in measured
-        }
-        chosen = max(by_convention, key=lambda n: np.mean([s["calibration"] for s in by_convention[n].values()]))
-        held_out = score(runner.evaluator, state, chosen, {"test": runner.tests})
-        table[row] = {task: {**by_convention[chosen][task], **held_out[task]} for task in held_out}
-        conventions[row] = chosen
-        scored(len(table), total)
-    merge_cases: dict[str, CaseTable] = {}
+            candidates.setdefault(baseline.row, []).append((baseline.normalization, baseline.presets))
+    uniform = {b.row: b.config for b in baselines(space, config.conventions)}
+    result = Scored({}, {}, {}, {})
+    total = len(candidates) + len(merges)
+    for row, options in candidates.items():
+        # The convention and the window change only how images are fed, not the weights: merge once, score
+        # calibration under each, then the held-out cases under the best one.
+        state = (
+            engine.input_state(engine.names.index(row))
+            if row in engine.names
+            else engine.merge_recipe(space.to_recipe(uniform[row]))
+        )
+        calibration = [
+            score(evaluator, state, normalization, {"calibration": runner.split("calibration", presets)})
+            for normalization, presets in options
+        ]
+        best = max(range(len(options)), key=lambda k: np.mean([s["calibration"] for s in calibration[k].values()]))
+        normalization, presets = options[best]
+        held_out = score(evaluator, state, normalization, {"test": runner.split("test", presets)})
+        result.table[row] = {task: {**calibration[best][task], **held_out[task]} for task in held_out}
+        result.conventions[row], result.presets[row] = normalization, presets
+        scored(len(result.table), total)
     for name, merge in merges.items():
+        chosen = merge.preprocessing.presets
+        splits = {part: runner.split(part, chosen) for part in SPLITS}
         normalization = merge.preprocessing.normalization
-        merge_cases[name] = case_scores(runner.evaluator, engine.merge_recipe(merge), normalization, splits)
-        table[name] = case_table_means(merge_cases[name])
-        conventions[name] = normalization
-        scored(len(table), total)
-    return table, conventions, merge_cases
+        result.merge_cases[name] = case_scores(evaluator, engine.merge_recipe(merge), normalization, splits)
+        result.table[name] = case_table_means(result.merge_cases[name])
+        result.conventions[name], result.presets[name] = normalization, dict(chosen or {})
+        scored(len(result.table), total)
+    return result
+
+
+def presets_lines(presets: dict[str, dict[str, str]]) -> list[str]:
+    """The intensity preset each row was scored under, for the tasks whose preset was searched (none: no line)."""
+    if not any(presets.values()):
+        return []
+    shown = ", ".join(f"{row}: " + " ".join(f"{t}={p}" for t, p in chosen.items()) for row, chosen in presets.items())
+    return [f"Intensity presets (chosen on calibration, like the convention): {shown}.", ""]
 
 
 def calibration_interval(name: str, cases: CaseTable, table: Table, seed: int) -> dict[str, Any]:
@@ -262,7 +285,7 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     tasks = [t.name for t in config.tasks]
     merges = {"MedSAMix (picked)" if config.multi_task else "MedSAMix": result.best}
-    table, conventions, merge_cases = score_table(config, runner, merges, space, scored)
+    table, conventions, presets, merge_cases = score_table(config, runner, merges, space, scored)
     [(name, cases)] = merge_cases.items()
     interval = calibration_interval(name, cases, table, config.seed)
     budget = max(e["budget"] for e in result.entries)
@@ -292,6 +315,7 @@ def write_report(
         "",
         "Conventions: " + ", ".join(f"{row}: {c}" for row, c in conventions.items()) + ".",
         "",
+        *presets_lines(presets),
         interval_line(interval),
         "",
         f"![Dice on held-out cases]({plots['test']})",
@@ -324,7 +348,14 @@ def write_report(
     ]
     text = "\n".join(lines)
     scores = json.dumps(
-        {"dice": table, "conventions": conventions, "calibration_interval": interval, "splits": records}, indent=2
+        {
+            "dice": table,
+            "conventions": conventions,
+            "presets": presets,
+            "calibration_interval": interval,
+            "splits": records,
+        },
+        indent=2,
     )
     atomic_write(folder / "scores.json", lambda temp: temp.write_text(scores))
     return atomic_write(folder / "report.md", lambda temp: temp.write_text(text, encoding="utf-8"))

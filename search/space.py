@@ -4,6 +4,8 @@ Hyperparameter names say where they act (`/` separates the group from what is ch
 
 - `granularity/encoder|prompt|decoder` — only when more than one value is searched;
 - `preprocessing/normalization` — only when both conventions are searched;
+- `preset/<task>` — a task's intensity preset, only for a task that lists more than one (the window decides what
+  the model can see: a target below the window is invisible to every merge);
 - `<group>/method` — one per layer group; a group that exists only at some granularities is conditioned on those;
 - `<group>/<method>.<param>` and, for a per-input (or per-model) float, `<group>/<method>.<param>.<input>` — active
   only when the group's method is that method (`pick`'s model is a categorical over the input names).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from ConfigSpace import Categorical, Configuration, ConfigurationSpace, EqualsCondition, Float, InCondition
@@ -48,12 +50,14 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class SpaceSpec:
-    """What is searched: granularity values per component, methods, and the normalisations allowed."""
+    """What is searched: granularity values per component, methods, the normalisations allowed and the intensity
+    presets of each task that lists several."""
 
     granularity: Mapping[str, Sequence[int]]  # component -> values (one value: fixed)
     methods: Sequence[str]
     normalizations: Sequence[str] = NORMALIZATION_NAMES
     structure: str = "flat"
+    presets: Mapping[str, Sequence[str]] = field(default_factory=dict)  # task -> its presets (two or more)
 
     def __post_init__(self) -> None:
         if self.structure not in STRUCTURES:
@@ -89,6 +93,7 @@ class SearchSpace:
         conditions: list[Any] = []
         if len(self.spec.normalizations) > 1:
             hyperparameters.append(Categorical("preprocessing/normalization", list(self.spec.normalizations)))
+        hyperparameters += [Categorical(f"preset/{task}", list(names)) for task, names in self.spec.presets.items()]
         # Where each group exists: component -> granularity values at which it is one of the groups.
         where: dict[str, tuple[str, set[int]]] = {}
         order: list[str] = []
@@ -164,20 +169,27 @@ class SearchSpace:
             base=self.base,
             models=self.models,
             architecture=self.arch.name,
-            preprocessing=Preprocessing(normalization=normalization),
+            preprocessing=Preprocessing(
+                normalization=normalization,
+                presets={task: values[f"preset/{task}"] for task in self.spec.presets} or None,
+            ),
             granularity=GranularitySpec(**{c: getattr(granularity, c) for c in COMPONENTS}),
             seed=self.seed,
             groups=groups,
         )
 
     def configuration(
-        self, granularity: Granularity, normalization: str, entries: Mapping[str, tuple[str, Mapping[str, Any]]]
+        self,
+        granularity: Granularity,
+        normalization: str,
+        entries: Mapping[str, tuple[str, Mapping[str, Any]]],
+        presets: Mapping[str, str] | None = None,
     ) -> Configuration:
         """The configuration of one method per group: `entries` maps group -> (method, recipe-form params); a
-        parameter left out takes its declared default. In the structured space the first group's merge is the
-        global one and only groups that differ from it get their own. Raises ValueError when it is not in this
-        space."""
-        values: dict[str, Any] = {}
+        parameter left out takes its declared default, a task left out of `presets` its first preset. In the
+        structured space the first group's merge is the global one and only groups that differ from it get their
+        own. Raises ValueError when it is not in this space."""
+        values: dict[str, Any] = {f"preset/{t}": (presets or {}).get(t, p[0]) for t, p in self.spec.presets.items()}
         for c in COMPONENTS:
             if len(self.spec.granularity[c]) > 1:
                 values[f"granularity/{c}"] = getattr(granularity, c)
@@ -211,8 +223,21 @@ class SearchSpace:
                 values[key] = params[p.name]
         return values
 
-    def uniform(self, method: str, params: Mapping[str, Any] | None = None, normalization: str | None = None):
+    def uniform(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        normalization: str | None = None,
+        presets: Mapping[str, str] | None = None,
+    ) -> Configuration:
         """One method with the same parameters in every group, at the first granularity searched."""
         granularity = self.granularities()[0]
         entries = {name: (method, dict(params or {})) for name in self._groups_at[granularity]}
-        return self.configuration(granularity, normalization or self.spec.normalizations[0], entries)
+        return self.configuration(granularity, normalization or self.spec.normalizations[0], entries, presets)
+
+    def preset_variants(self) -> list[dict[str, str]]:
+        """Enough preset choices that each task is measured under each of its presets: variant k gives every
+        searched task its k-th preset (cycling a shorter list). A task's Dice depends on its own preset only, so
+        the variants hold every (task, preset) score without the product of all combinations."""
+        count = max((len(p) for p in self.spec.presets.values()), default=1)
+        return [{t: p[k % len(p)] for t, p in self.spec.presets.items()} for k in range(count)]

@@ -1,7 +1,7 @@
 """One search trial, where it runs: merge a recipe on resident inputs, then score it on the calibration tasks.
 
 A `TrialRunner` holds everything a trial needs that does not change between trials (input weights packed in the
-merge engine, the evaluator's model, the calibration slices prepared per convention), so it is built once per
+merge engine, the evaluator's model, each task's slices under each of its intensity presets), so it is built once per
 process. What travels to a worker per trial is the recipe as YAML and the budget, never weights: `run_trial` finds
 (or builds, on its first call) the runner of its search in a per-process cache.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 
 from search.checkpoints import load_checkpoint
 from search.config import SearchConfig
-from search.data import load_task
+from search.data import LoadedTask, load_task
 from search.evaluate import Evaluator, case_means, mean_over_cases
 from search.merge.engine import MergeEngine
 from search.recipe import parse_recipe
@@ -33,10 +34,19 @@ class TrialRunner:
     engine: MergeEngine
     evaluator: Evaluator
     hashes: dict[str, str]  # input name -> sha256 of its file
-    tasks: dict[str, Task]  # calibration split, by task name
-    tests: dict[str, Task]  # held-out split
-    splits: dict[str, dict[str, Any]]  # load_task's record of each split (written down with the results)
+    loaded: dict[str, dict[str | None, LoadedTask]]  # task name -> intensity preset -> its calibration/test split
     stopwatch: Stopwatch
+
+    def split(self, part: str, presets: Mapping[str, str] | None = None) -> dict[str, Task]:
+        """Each task's `part` ("calibration" or "test") under `presets` (a recipe's choice; a task it does not
+        name: its first preset)."""
+        chosen = presets or {}
+        return {name: getattr(by[chosen.get(name, next(iter(by)))], part) for name, by in self.loaded.items()}
+
+    @property
+    def splits(self) -> dict[str, dict[str, Any]]:
+        """load_task's record of each task's split (the same cases under every preset), written with the results."""
+        return {name: next(iter(by.values())).split for name, by in self.loaded.items()}
 
     @classmethod
     def build(cls, config: SearchConfig) -> TrialRunner:
@@ -50,16 +60,8 @@ class TrialRunner:
 
         engine = MergeEngine.from_checkpoints(checkpoints(), device=resolve_device(config.device))
         evaluator = Evaluator(engine.arch, device=engine.device)
-        loaded = {spec.name: load_task(spec) for spec in config.tasks}
-        return cls(
-            engine,
-            evaluator,
-            hashes,
-            {name: parts.calibration for name, parts in loaded.items()},
-            {name: parts.test for name, parts in loaded.items()},
-            {name: parts.split for name, parts in loaded.items()},
-            Stopwatch(engine.device),
-        )
+        loaded = {spec.name: {p: load_task(spec.with_preset(p)) for p in spec.presets} for spec in config.tasks}
+        return cls(engine, evaluator, hashes, loaded, Stopwatch(engine.device))
 
     @classmethod
     def shared(cls, config: SearchConfig) -> TrialRunner:
@@ -79,7 +81,7 @@ class TrialRunner:
         normalization = recipe.preprocessing.normalization
         cases = {
             name: case_means(task, self.evaluator.dice(task, normalization, budget=budget))
-            for name, task in self.tasks.items()
+            for name, task in self.split("calibration", recipe.preprocessing.presets).items()
         }
         dice = {name: mean_over_cases(by_case) for name, by_case in cases.items()}
         timings = {**self.stopwatch.take(), **self.evaluator.stopwatch.take()}

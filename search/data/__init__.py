@@ -30,7 +30,7 @@ from search.data.formats import (
     get_loader,
 )
 from search.data.slicing import case_slices, jitter_boxes, mask_boxes
-from search.data.spec import DataSpec, open_loader, parse_spec
+from search.data.spec import DataSpec, chosen_presets, open_loader, parse_spec
 from search.data.split import LoadedTask, load_task, split_cases
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "PngLoader",
     "Volume",
     "case_slices",
+    "chosen_presets",
     "get_loader",
     "jitter_boxes",
     "load_task",

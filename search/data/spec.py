@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +14,7 @@ from search.errors import DataError, first_validation_error
 from service.errors import unknown_name
 from service.imaging import PRESETS
 
-__all__ = ["DataSpec", "open_loader", "parse_spec"]
+__all__ = ["DataSpec", "chosen_presets", "open_loader", "parse_spec"]
 
 
 class DataSpec(BaseModel):
@@ -26,7 +26,7 @@ class DataSpec(BaseModel):
     path: Path
     format: str
     labels: tuple[int, ...] = Field(min_length=1)
-    preset: str | None  # None: the files are already uint8 (PNG, MedSAM npz)
+    preset: str | tuple[str, ...] | None  # None: the files are already uint8; a list: the search chooses one
     modality: str = ""
     axis: Literal[0, 1, 2] = 0
     min_component: int = Field(default=0, ge=0)
@@ -48,10 +48,29 @@ class DataSpec(BaseModel):
 
     @field_validator("preset")
     @classmethod
-    def _known_preset(cls, value: str | None) -> str | None:
-        if value is not None and value not in PRESETS:
-            raise ValueError(unknown_name("intensity preset", value, PRESETS))
+    def _known_preset(cls, value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        for name in (value,) if value is None or isinstance(value, str) else value:
+            if name is not None and name not in PRESETS:
+                raise ValueError(unknown_name("intensity preset", name, PRESETS))
+        if isinstance(value, tuple):
+            if len(set(value)) != len(value) or not value:
+                raise ValueError("expected a list of distinct intensity presets, at least one")
+            return value[0] if len(value) == 1 else value
         return value
+
+    @property
+    def presets(self) -> tuple[str | None, ...]:
+        """The presets a search chooses among (one: nothing to choose)."""
+        return self.preset if isinstance(self.preset, tuple) else (self.preset,)
+
+    def with_preset(self, preset: str | None) -> DataSpec:
+        """This task under one of its presets."""
+        if preset not in self.presets:
+            raise DataError(
+                f"task {self.name} is not searched under intensity preset {preset}; expected one of its presets: "
+                + ", ".join(str(p) for p in self.presets)
+            )
+        return self.model_copy(update={"preset": preset})
 
     @field_validator("format")
     @classmethod
@@ -69,6 +88,25 @@ def parse_spec(data: DataSpec | Mapping[str, Any]) -> DataSpec:
         return DataSpec.model_validate(dict(data))
     except ValidationError as error:
         raise DataError(f"data spec {first_validation_error(error, 'spec')}") from None
+
+
+def chosen_presets(specs: Iterable[DataSpec], chosen: Mapping[str, str] | None) -> list[DataSpec]:
+    """Each spec under one preset: the one `chosen` names (a search's choice, from its recipe), else its only one.
+    A spec listing several that `chosen` does not name fails: which window a model is served with is never a
+    guess."""
+    chosen = chosen or {}
+    result = []
+    for spec in specs:
+        if spec.name in chosen:
+            result.append(spec.with_preset(chosen[spec.name]))
+        elif len(spec.presets) > 1:
+            raise DataError(
+                f"task {spec.name} lists intensity presets {', '.join(map(str, spec.presets))}; expected a recipe "
+                "of a search over them, which chooses one, or a single preset"
+            )
+        else:
+            result.append(spec)
+    return result
 
 
 def open_loader(spec: DataSpec) -> Loader:

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from search.data.slicing import case_slices
-from search.data.spec import DataSpec, open_loader, parse_spec
+from search.data.spec import DataSpec, chosen_presets, open_loader, parse_spec
 from search.errors import DataError
 from search.slices import Slice, Task
 
@@ -50,7 +50,7 @@ def load_task(spec: DataSpec | Mapping[str, Any]) -> LoadedTask:
     """The `LoadedTask` (calibration task, test task, split record) of `spec`; the record (JSON-ready) is to be
     written down with the results: format, path, labels, seed, fraction, the case ids of each split and their slice
     counts."""
-    spec = parse_spec(spec)
+    [spec] = chosen_presets([parse_spec(spec)], None)  # one preset: a search loads each of a list in turn
     loader = open_loader(spec)
     ids = loader.case_ids()
     if not ids:
@@ -64,7 +64,7 @@ def load_task(spec: DataSpec | Mapping[str, Any]) -> LoadedTask:
             found.update(int(v) for v in np.unique(volume.label))
             split = slices["calibration" if case in in_calibration else "test"]
             split += case_slices(
-                volume, spec.labels, spec.preset, spec.axis, spec.min_component, spec.boxes, spec.jitter, spec.seed
+                volume, spec.labels, spec.presets[0], spec.axis, spec.min_component, spec.boxes, spec.jitter, spec.seed
             )
     if not found & set(spec.labels):
         present = ", ".join(str(v) for v in sorted(found - {0})[:20]) or "none"
