@@ -12,10 +12,10 @@ budget: {min: 4, max: 32}                    # calibration slices per task; min 
 granularity: {encoder: [1, 2, 3, 4], prompt: 1, decoder: 2}   # a list is searched, a number is fixed
 methods: [linear, task_arithmetic, ties, slerp, pick]
 normalizations: [sam, medsam]                # the merged model's input convention: fixed or searched
-space: structured                            # flat (the paper's: a merge per group) | structured (search.space)
+space: structured                            # structured (search.space; the default) | flat (the paper's space)
 initial_design: {lambdas: [0.3, 0.6, 1.0], random: 5}
 pick: mean                                   # Pareto pick: mean | worst | a task's name
-choice: nearest                              # best | nearest (search.choice: robust to few calibration cases)
+choice: best                                 # best (the default) | nearest (search.choice: nearest a baseline)
 seed: 0
 workers: 1                                   # or scheduler: tcp://host:8786
 device: auto
@@ -89,7 +89,7 @@ class SearchConfig(_Strict):
     granularity: dict[str, list[int]] = Field(default={"encoder": [2], "prompt": [1], "decoder": [2]})
     methods: list[str] = Field(default=["linear", "task_arithmetic", "ties", "slerp", "pick"], min_length=1)
     normalizations: list[NormalizationName] = Field(default=list(NORMALIZATION_NAMES), min_length=1)
-    space: Structure = "flat"
+    space: Structure = "structured"  # measured: benchmarks/RESULTS.md, "Transfer"; flat is the paper's
     initial_design: InitialDesign = InitialDesign()
     pick: str = "mean"
     choice: Choice = "best"
