@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from ConfigSpace import Configuration  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from search.baselines import baselines, trained_convention  # noqa: E402
@@ -86,10 +87,11 @@ def score_table(
     candidates: dict[str, list[tuple[str, dict[str, str]]]] = {
         name: [(trained_convention(name, config.conventions), v) for v in variants] for name in engine.names
     }
+    uniform: dict[str, Configuration] = {}  # a uniform row's configuration (its weights, whatever the feed)
     for baseline in baselines(space, config.conventions):
         if baseline.row not in engine.names:
             candidates.setdefault(baseline.row, []).append((baseline.normalization, baseline.presets))
-    uniform = {b.row: b.config for b in baselines(space, config.conventions)}
+            uniform[baseline.row] = baseline.config
     result = Scored({}, {}, {}, {})
     total = len(candidates) + len(merges)
     for row, options in candidates.items():

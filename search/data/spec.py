@@ -49,8 +49,8 @@ class DataSpec(BaseModel):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
-        for name in (value,) if value is None or isinstance(value, str) else value:
-            if name is not None and name not in PRESETS:
+        for name in value if isinstance(value, tuple) else () if value is None else (value,):
+            if name not in PRESETS:
                 raise ValueError(unknown_name("intensity preset", name, PRESETS))
         if isinstance(value, tuple):
             if len(set(value)) != len(value) or not value:
