@@ -1,24 +1,29 @@
-"""float32 vs int8 image encoders on onnxruntime's CPU provider, in one run: latency, file size, the int8 error
-against float32, and the demo model's held-out Dice of both; then onnxruntime's CPU session settings for each.
+"""float32 vs int8 image encoders on onnxruntime's CPU provider, in one run: latency, peak memory, file size, the
+int8 error against float32, and the demo model's held-out Dice of both; then onnxruntime's CPU session settings.
 
     python benchmarks/quant_bench.py --runs 3 --json benchmarks/results-quant-cpu.json
 
 Models: a random-weight ViT-B (`serve_bench.vit_b_store`, calibrated on the demo tasks' calibration slices at
 1024 px; its Dice means nothing) and the demo model (`models/demo`, int8 through `export_model`, gated on all of
-its tasks). Latency is one image per call (a held-out CT slice through `Geometry.prepare`), median of --runs after a
-warm-up, every session in this process, back to back.
+its tasks). Each is measured as today's float32 export (stock attention), as the float32 graph the int8 export
+quantizes (`search.export.cpu_model`: query-block attention) and as int8: what each of the two steps gives. Latency
+is one image per call (a held-out CT slice through `Geometry.prepare`), median of --runs after a warm-up, every
+session in this process, back to back; peak memory is one call's in a fresh process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -31,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.serve_bench import cases, run_load, vit_b_store  # noqa: E402
 from search.config import load_task_specs  # noqa: E402
-from search.export import export_model, load_source, relative_error  # noqa: E402
+from search.export import cpu_model, export_encoder, export_model, load_source, relative_error  # noqa: E402
 from search.quantize import Int8Plan, model_inputs, quantize_encoder  # noqa: E402
 from search.slices import Task  # noqa: E402
 from service.manifest import ENCODER_FILE  # noqa: E402
@@ -77,21 +82,47 @@ def median_latency(encoder: ort.InferenceSession, feed: dict[str, np.ndarray], r
     return statistics.median(times), embedding
 
 
-def compare(name: str, float32: Path, int8: Path, feed: dict[str, np.ndarray], runs: int) -> dict[str, object]:
-    """Latency, size and the int8 error of one model's two encoders, service settings."""
-    f32_s, f32_out = median_latency(session(float32), feed, runs)
-    int8_s, int8_out = median_latency(session(int8), feed, runs)
-    row = {
-        "model": name,
-        "float32_s": f32_s,
-        "int8_s": int8_s,
-        "speedup": f32_s / int8_s,
-        "float32_mib": float32.stat().st_size / 2**20,
-        "int8_mib": int8.stat().st_size / 2**20,
-        "embedding_relative_error": relative_error(int8_out, f32_out),
-    }
+def _peak_after_one_call(path: str, feed: dict[str, np.ndarray]) -> float:
+    """GiB of peak resident memory of a fresh process that opened `path` and ran `feed` once."""
+    session(Path(path)).run(None, feed)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def peak_memory_gib(path: Path, feed: dict[str, np.ndarray]) -> float:
+    """`_peak_after_one_call` in a spawned process (this one holds every other session)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_peak_after_one_call, str(path), feed).result()
+
+
+def compare(name: str, paths: dict[str, Path], feed: dict[str, np.ndarray], runs: int) -> dict[str, object]:
+    """Latency, peak memory, size and error of one model's encoders (service settings); the first is the baseline
+    that speed-ups and errors are against."""
+    row: dict[str, object] = {"model": name, "baseline": next(iter(paths))}
+    baseline_s, baseline_out = 0.0, None
+    for variant, path in paths.items():
+        seconds, out = median_latency(session(path), feed, runs)
+        if baseline_out is None:
+            baseline_s, baseline_out = seconds, out
+        row[variant] = {
+            "seconds": seconds,
+            "speedup": baseline_s / seconds,
+            "peak_gib": peak_memory_gib(path, feed),
+            "mib": path.stat().st_size / 2**20,
+            "relative_error": relative_error(out, baseline_out),
+        }
     print(json.dumps(row), flush=True)
     return row
+
+
+BLOCKED = "float32, query blocks"
+
+
+def blocked(source: Path, stem: Path) -> dict[str, Path]:
+    """{BLOCKED: the float32 encoder an int8 export of `source` quantizes, written as `stem`.onnx}."""
+    loaded = load_source(source)
+    path = stem.with_suffix(".onnx")
+    export_encoder(cpu_model(loaded.state, loaded.arch), loaded.normalization, path)
+    return {BLOCKED: path}
 
 
 def settings_table(name: str, paths: dict[str, Path], feed: dict[str, np.ndarray], runs: int) -> list[dict]:
@@ -133,16 +164,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--calibration", type=int, default=8, help="ViT-B calibration slices (each a 1024 px run)")
-    parser.add_argument("--vit-b-encoder", type=Path, help="a float32 ViT-B encoder.onnx to reuse (default: export)")
     parser.add_argument(
         "--served", type=float, default=0.0, help="seconds of new-image requests per ViT-B model through bentoml serve"
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if args.served and args.vit_b_encoder:
-        parser.error(
-            "--served exports the random ViT-B twice (float32, int8) into one store: leave out --vit-b-encoder"
-        )
     plan = Int8Plan.of(load_task_specs(TASKS))
     calibration, held_out = dict(plan.calibration), dict(plan.held_out)
     probe = {"ct_liver": held_out["ct_liver"]}
@@ -165,17 +191,24 @@ def main() -> None:
         gate = json.loads((demo8 / "manifest.json").read_text())["quantization"]["gate"]
         result["demo_export_s"] = time.perf_counter() - start
         result["demo_gate"] = gate
-        demo_paths = {"float32": DEMO / ENCODER_FILE, "int8": demo8 / ENCODER_FILE}
+        demo_paths = {
+            "float32": DEMO / ENCODER_FILE,
+            **blocked(DEMO / "recipe.yaml", work / "demo"),
+            "int8": demo8 / ENCODER_FILE,
+        }
         demo_feed = next(model_inputs(probe, "sam", 128))
-        rows = [compare("demo (tiny, 128 px)", *demo_paths.values(), demo_feed, args.runs)]
+        rows = [compare("demo (tiny, 128 px)", demo_paths, demo_feed, args.runs)]
 
-        vit_b = args.vit_b_encoder or vit_b_store(work) / "demo" / ENCODER_FILE
+        vit_b = vit_b_store(work) / "demo" / ENCODER_FILE
+        vit_blocked = blocked(work / "vit_b.pth", work / "vit_b")
         vit_b8 = work / "vit_b_int8.onnx"
         start = time.perf_counter()
-        quantize_encoder(vit_b, vit_b8, calibration, "sam", 1024, work, limit=args.calibration)
+        quantize_encoder(vit_blocked[BLOCKED], vit_b8, calibration, "sam", 1024, work, limit=args.calibration)
         result["vit_b_quantize_s"] = time.perf_counter() - start
         vit_feed = next(model_inputs(probe, "sam", 1024))
-        rows.append(compare("random ViT-B (1024 px)", vit_b, vit_b8, vit_feed, args.runs))
+        rows.append(
+            compare("random ViT-B (1024 px)", {"float32": vit_b, **vit_blocked, "int8": vit_b8}, vit_feed, args.runs)
+        )
         result["encoders"] = rows
         result["settings"] = settings_table("random ViT-B", {"float32": vit_b, "int8": vit_b8}, vit_feed, args.runs)
         if args.served:

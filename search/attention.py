@@ -9,6 +9,10 @@ checkpoints and key names are untouched:
   attention on GPU; on CPU a fused math kernel).
 - `triton`: `search/flash_rel_pos.py`, flash attention that adds the two terms inside the kernel, so the (HW × HW)
   bias never exists (12.9 GB per global-attention block of ViT-B at batch 32).
+- `query_blocks`: the stock arithmetic `QUERY_ROWS` query rows at a time, so only (rows·W × HW) logits exist at once;
+  for graphs exported to onnxruntime's CPU provider, which has no fused attention with this bias: a 1024 px ViT-B's
+  global block makes 805 MB of logits per image and pays for them in page faults and memory passes (the int8 export
+  uses it; benchmarks/RESULTS.md).
 
 `auto` is `triton` for an encoder on a CUDA device when triton is importable, `sdpa` everywhere else.
 """
@@ -65,7 +69,38 @@ def _triton_attention(
     return rel_pos_attention(q, k, v, rel_h.flatten(2, 3), rel_w.flatten(2, 3), attention.scale)
 
 
-KERNELS: dict[str, RelPosAttention] = {"sdpa": _sdpa_attention, "triton": _triton_attention}
+# Query rows per block of `query_blocks`, measured on a 1024 px ViT-B (64 × 64 grid) on onnxruntime's CPU provider:
+# 1 row 12.6 s per image, 8 rows 10.7 s, 16 rows 11.6 s, 32 rows 12.6 s, unblocked 13.6 s; the export grows with the
+# number of blocks (1 row: 19 min, 8 rows: 75 s).
+QUERY_ROWS = 8
+
+
+def query_blocks(rows: int) -> RelPosAttention:
+    """Stock attention `rows` query rows at a time (the last block may be shorter), the blocks concatenated."""
+
+    def attend(
+        attention: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        h, w = size
+        b, heads, tokens, _ = q.shape
+        rel_h, rel_w = _relative_position_terms(attention, q, size)  # (B, heads, h, w, h), (B, heads, h, w, w)
+        keys = k.transpose(-2, -1)
+        blocks = []
+        for top in range(0, h, rows):
+            n = min(rows, h - top)
+            logits = ((q[:, :, top * w : (top + n) * w] * attention.scale) @ keys).view(b, heads, n, w, h, w)
+            logits = logits + rel_h[:, :, top : top + n, :, :, None] + rel_w[:, :, top : top + n, :, None, :]
+            blocks.append(logits.view(b, heads, n * w, tokens).softmax(dim=-1) @ v)
+        return torch.cat(blocks, dim=2)
+
+    return attend
+
+
+KERNELS: dict[str, RelPosAttention] = {
+    "sdpa": _sdpa_attention,
+    "triton": _triton_attention,
+    "query_blocks": query_blocks(QUERY_ROWS),
+}
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
@@ -96,12 +131,15 @@ def _fused_forward(attend: RelPosAttention) -> Callable[[Attention, torch.Tensor
     return forward
 
 
-def use_fused_attention(encoder: torch.nn.Module, kernel: str = "auto") -> int:
-    """Swap every image-encoder `Attention` of `encoder` to the fused forward of `kernel` (resolved for the device
-    the encoder's parameters are on now); returns how many were swapped."""
-    parameter = next(encoder.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    forward = _fused_forward(KERNELS[resolve_kernel(kernel, device)])
+def use_fused_attention(encoder: torch.nn.Module, kernel: str | RelPosAttention = "auto") -> int:
+    """Swap every image-encoder `Attention` of `encoder` to the fused forward of `kernel`, a name (resolved for the
+    device the encoder's parameters are on now) or the attention itself (e.g. `query_blocks(3)`); returns how many
+    were swapped."""
+    if isinstance(kernel, str):
+        parameter = next(encoder.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        kernel = KERNELS[resolve_kernel(kernel, device)]
+    forward = _fused_forward(kernel)
     swapped = 0
     for module in encoder.modules():
         if isinstance(module, Attention):

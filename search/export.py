@@ -23,9 +23,11 @@ outputs and the prompt encoder stay float32, so a caller sees the same interface
 contract; float16 graphs are checked against the float32 torch model with a looser tolerance.
 
 `int8` (a `search.quantize.Int8Plan`) replaces the float32 encoder with its statically quantized (QDQ) twin, for CPU
-serving, calibrated on the tasks' calibration slices; same inputs and outputs, the decoder stays float32. It is
-published only if its held-out Dice stays within the plan's tolerance of the float32 encoder's (or it is forced);
-the comparison is the manifest's `quantization.gate`.
+serving, calibrated on the tasks' calibration slices; same inputs and outputs, the decoder stays float32. Its encoder
+is exported with `search.attention`'s `query_blocks` attention (the stock arithmetic a block of query rows at a
+time, checked against the stock torch model like any export): onnxruntime's CPU provider then never holds a global
+block's whole (HW × HW) logits. It is published only if its held-out Dice stays within the plan's tolerance of that
+float32 encoder's (or it is forced); the comparison is the manifest's `quantization.gate`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import torch
 from segment_anything.modeling import PromptEncoder, Sam
 
 from search.architectures import SamArchitecture, build_sam
+from search.attention import QUERY_ROWS, use_fused_attention
 from search.checkpoints import DROPPED_KEYS, load_checkpoint
 from search.data import DataSpec
 from search.errors import ExportError, MedSAMixWarning
@@ -189,6 +192,14 @@ def build_model(state: Mapping[str, torch.Tensor], arch: SamArchitecture, fp16: 
     if fp16:
         sam.image_encoder.half()
         sam.mask_decoder.half()
+    return sam
+
+
+def cpu_model(state: Mapping[str, torch.Tensor], arch: SamArchitecture) -> Sam:
+    """The float32 model whose encoder an int8 export quantizes: `query_blocks` attention, so onnxruntime's CPU
+    provider never holds a global block's whole logits (module docstring)."""
+    sam = build_model(state, arch)
+    use_fused_attention(sam.image_encoder, "query_blocks")
     return sam
 
 
@@ -410,8 +421,9 @@ def _quantize(folder: Path, plan: Int8Plan, geometry: str, size: int, metadata: 
     model.metadata_props.add(key=METADATA_KEY, value=metadata)
     onnx.save(model, quantized)
     record: dict[str, Any] = {
-        "method": "onnxruntime static QDQ, per-channel int8 weights, uint8 activations (MinMax)",
+        "method": "onnxruntime static QDQ, per-channel int8 weights, uint8 inputs (MinMax), float outputs",
         "quantized_op_types": list(QUANTIZED_OP_TYPES),
+        "attention": f"query blocks of {QUERY_ROWS} rows",
         "calibration_slices": calibrated,
         "gate": None,
         "forced": False,
@@ -549,9 +561,10 @@ def export_model(
     }
     reference = build_model(source.state, arch)
     model = build_model(source.state, arch, fp16=True) if fp16 else reference
+    encoder = cpu_model(source.state, arch) if int8 is not None else model  # `reference` keeps stock attention
 
     def write(folder: Path) -> None:
-        export_encoder(model, source.normalization, folder / ENCODER_FILE, {METADATA_KEY: pinned(manifest)})
+        export_encoder(encoder, source.normalization, folder / ENCODER_FILE, {METADATA_KEY: pinned(manifest)})
         export_decoder(model, folder / DECODER_FILE)
         tolerance = CHECK_TOLERANCE[torch.float16 if fp16 else torch.float32]
         ports = check_with_onnxruntime(folder, reference, source.normalization, tolerance)

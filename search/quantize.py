@@ -3,10 +3,13 @@ own tasks.
 
 Calibration feeds the float32 `encoder.onnx` the calibration split's slices exactly as the service does
 (`Geometry.prepare`: (1, S, S, 3) uint8 and the resized (h, w)), so activation ranges are those of served images.
-Weights are int8 per output channel, activations uint8 (the u8s8 kernels of x86 CPUs, VNNI where present). Only the
-matrix products with a stored weight are quantized (`weight_products`: qkv, attention projection, MLP): the patch
-embedding (a Conv), the neck's convolutions, LayerNorm, Softmax, GELU and the attention products (q·kᵀ, ·v, the
-relative positions) stay float32. The decoder is not touched.
+Only the matrix products with a stored weight are quantized (`weight_products`: qkv, attention projection, MLP):
+weights int8 per output channel, their inputs uint8 (the u8s8 kernels of x86 CPUs, VNNI where present), their
+outputs left float, so onnxruntime runs each as one `MatMulIntegerToFloat` (quantized outputs, a `QLinearMatMul`
+and a dequantize per product, measured as fast on ViT-B with 0.4 GiB more peak memory). The patch embedding (a
+Conv), the neck's convolutions, LayerNorm, Softmax, GELU and the attention products (q·kᵀ, ·v, the relative
+positions) stay float32: quantizing the attention products too made a ViT-B slower (benchmarks/RESULTS.md). The
+decoder is not touched.
 
 The gate compares what is served: held-out Dice through onnxruntime of the int8 encoder against the float32 one,
 with the same float32 decoder and the service's own decode (`service.segmenter.Served.decode`).
@@ -90,10 +93,10 @@ def weight_products(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 def activation_ranges(
     model: onnx.ModelProto, products: Sequence[onnx.NodeProto], feeds: Sequence[dict[str, np.ndarray]], work: Path
 ) -> TensorsData:
-    """MinMax ranges over `feeds` of the activations around `products` (inputs and outputs), from a copy of the
+    """MinMax ranges over `feeds` of the activations `products` quantize (their first inputs), from a copy of the
     graph that outputs only those. onnxruntime's own calibrator outputs every MatMul's inputs and outputs, attention
     products included: more than 20 GB for one 1024 px ViT-B slice (it was killed for memory)."""
-    read = sorted({name for n in products for name in (n.input[0], n.output[0])})
+    read = sorted({n.input[0] for n in products})
     shapes = {info.name: info for info in model.graph.value_info}
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -142,6 +145,7 @@ def quantize_encoder(
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         calibration_cache_path=ranges,
+        extra_options={"OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)},
     )
     prepared.unlink()
     ranges.unlink()

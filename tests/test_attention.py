@@ -15,7 +15,7 @@ import torch
 from segment_anything.modeling.image_encoder import Attention
 
 from search.architectures import build_sam
-from search.attention import resolve_kernel, use_fused_attention
+from search.attention import query_blocks, resolve_kernel, use_fused_attention
 from tests.conftest import fine_tune_of, tiny_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,12 +45,28 @@ def test_fused_attention_matches_the_stock_encoder() -> None:
     torch.testing.assert_close(traced, found, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [3, 8, 16])
+def test_query_blocks_give_the_stock_encoder(rows: int) -> None:
+    # tiny: a 16 x 16 grid in the global blocks, 4 x 4 windows: 3 rows make blocks of 3 and a last one of 1 row,
+    # 8 rows two blocks (the int8 export's), 16 rows one.
+    state = tiny_encoder_state()
+    stock, blocked = build_sam("tiny"), build_sam("tiny")
+    for model in (stock, blocked):
+        model.load_state_dict(state)
+    assert use_fused_attention(blocked.image_encoder, query_blocks(rows)) == 12
+    images = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(blocked.image_encoder(images), stock.image_encoder(images), rtol=1e-4, atol=1e-5)
+
+
 def test_auto_chooses_triton_on_cuda_only() -> None:
     assert resolve_kernel("auto", torch.device("cpu")) == "sdpa"
     if importlib.util.find_spec("triton") is not None:
         assert resolve_kernel("auto", torch.device("cuda")) == "triton"
     assert resolve_kernel("sdpa", torch.device("cuda")) == "sdpa"
-    with pytest.raises(ValueError, match="unknown attention kernel 'flash': expected one of auto, sdpa, triton"):
+    with pytest.raises(
+        ValueError, match="unknown attention kernel 'flash': expected one of auto, sdpa, triton, query_blocks"
+    ):
         resolve_kernel("flash", torch.device("cpu"))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
+from search.attention import QUERY_ROWS
 from search.config import load_task_specs
 from search.data import load_task
 from search.errors import ExportError
@@ -76,6 +77,12 @@ def test_an_int8_demo_passes_its_gate_with_the_float32_dice_recorded(int8_demo: 
     matmuls = [n for n in graph.node if n.op_type == "MatMul"]
     assert any(produced_by.get(n.input[1]) == "DequantizeLinear" for n in matmuls)  # weight products quantized
     assert not all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in matmuls)  # attention products not
+    quantized_inputs = {i for node in graph.node if node.op_type == "QuantizeLinear" for i in node.input}
+    assert not any(n.output[0] in quantized_inputs for n in matmuls)  # products give float (MatMulIntegerToFloat)
+    # The CPU's attention: the tiny encoder's 16 x 16 global blocks in two query blocks of 8 rows, its 4 x 4 windows
+    # in one, each block its own softmax.
+    assert quantization["attention"] == f"query blocks of {QUERY_ROWS} rows" and QUERY_ROWS == 8
+    assert sum(node.op_type == "Softmax" for node in graph.node) == 8 * 1 + 4 * 2
     for node in graph.node:  # what was measured to lose accuracy stays float
         if node.op_type in ("Conv", "LayerNormalization", "Softmax"):
             assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input), node.name
