@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
-import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -35,8 +33,16 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.serve_bench import cases, run_load, vit_b_store  # noqa: E402
+from search.attention import query_blocks, use_fused_attention  # noqa: E402
 from search.config import load_task_specs  # noqa: E402
-from search.export import cpu_model, export_encoder, export_model, load_source, relative_error  # noqa: E402
+from search.export import (  # noqa: E402
+    build_model,
+    cpu_model,
+    export_encoder,
+    export_model,
+    load_source,
+    relative_error,
+)
 from search.quantize import Int8Plan, model_inputs, quantize_encoder  # noqa: E402
 from search.slices import Task  # noqa: E402
 from service.manifest import ENCODER_FILE  # noqa: E402
@@ -82,16 +88,26 @@ def median_latency(encoder: ort.InferenceSession, feed: dict[str, np.ndarray], r
     return statistics.median(times), embedding
 
 
-def _peak_after_one_call(path: str, feed: dict[str, np.ndarray]) -> float:
-    """GiB of peak resident memory of a fresh process that opened `path` and ran `feed` once."""
-    session(Path(path)).run(None, feed)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+# One call of the service's own CPU session in a fresh interpreter that imports neither torch nor this benchmark.
+PEAK = """import resource, sys
+import numpy as np
+from service.runtime import create_session
+create_session(sys.argv[1], ["CPUExecutionProvider"]).run(None, dict(np.load(sys.argv[2])))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"""
 
 
 def peak_memory_gib(path: Path, feed: dict[str, np.ndarray]) -> float:
-    """`_peak_after_one_call` in a spawned process (this one holds every other session)."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_peak_after_one_call, str(path), feed).result()
+    """GiB of peak resident memory of a process that opened `path` as the service does and ran `feed` once."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "feed.npz", **feed)
+        done = subprocess.run(
+            [sys.executable, "-c", PEAK, str(path), str(Path(tmp) / "feed.npz")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return int(done.stdout.split()[-1]) / 2**20
 
 
 def compare(name: str, paths: dict[str, Path], feed: dict[str, np.ndarray], runs: int) -> dict[str, object]:
@@ -123,6 +139,26 @@ def blocked(source: Path, stem: Path) -> dict[str, Path]:
     path = stem.with_suffix(".onnx")
     export_encoder(cpu_model(loaded.state, loaded.arch), loaded.normalization, path)
     return {BLOCKED: path}
+
+
+def query_rows_table(checkpoint: Path, work: Path, rows: list[int], feed: dict[str, np.ndarray], runs: int) -> list:
+    """Float32 latency and export seconds of `checkpoint`'s encoder with `query_blocks(r)` for each r of `rows`
+    (0: the stock attention): what `search.attention.QUERY_ROWS` was chosen by."""
+    loaded = load_source(checkpoint)
+    table = []
+    for r in rows:
+        sam = build_model(loaded.state, loaded.arch)
+        if r:
+            use_fused_attention(sam.image_encoder, query_blocks(r))
+        path = work / f"rows{r}.onnx"
+        start = time.perf_counter()
+        export_encoder(sam, loaded.normalization, path)
+        export_s = time.perf_counter() - start
+        seconds, _ = median_latency(session(path), feed, runs)
+        table.append({"query_rows": r, "seconds": seconds, "export_s": export_s})
+        print(json.dumps(table[-1]), flush=True)
+        path.unlink()
+    return table
 
 
 def settings_table(name: str, paths: dict[str, Path], feed: dict[str, np.ndarray], runs: int) -> list[dict]:
@@ -166,6 +202,9 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=8, help="ViT-B calibration slices (each a 1024 px run)")
     parser.add_argument(
         "--served", type=float, default=0.0, help="seconds of new-image requests per ViT-B model through bentoml serve"
+    )
+    parser.add_argument(
+        "--query-rows", type=int, nargs="*", default=[], help="float32 ViT-B with query blocks of these rows (0: stock)"
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -211,6 +250,8 @@ def main() -> None:
         )
         result["encoders"] = rows
         result["settings"] = settings_table("random ViT-B", {"float32": vit_b, "int8": vit_b8}, vit_feed, args.runs)
+        if args.query_rows:
+            result["query_rows"] = query_rows_table(work / "vit_b.pth", work, args.query_rows, vit_feed, args.runs)
         if args.served:
             result["served"] = served_p50(work, calibration, args.served, args.calibration)
     print(f"demo held-out Dice: float32 {gate['float32']['mean']:.4f}, int8 {gate['int8']['mean']:.4f}")
