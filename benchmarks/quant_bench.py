@@ -88,12 +88,14 @@ def median_latency(encoder: ort.InferenceSession, feed: dict[str, np.ndarray], r
     return statistics.median(times), embedding
 
 
-# One call of the service's own CPU session in a fresh interpreter that imports neither torch nor this benchmark.
-PEAK = """import resource, sys
+# One call of the service's own CPU session in a fresh interpreter that imports neither torch nor this benchmark;
+# its peak is VmHWM, the new process image's own (ru_maxrss keeps the forking parent's resident size across exec).
+PEAK = """import re, sys
+from pathlib import Path
 import numpy as np
 from service.runtime import create_session
-create_session(sys.argv[1], ["CPUExecutionProvider"]).run(None, dict(np.load(sys.argv[2])))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"""
+create_session(Path(sys.argv[1]), ["CPUExecutionProvider"]).run(None, dict(np.load(sys.argv[2])))
+print(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))"""
 
 
 def peak_memory_gib(path: Path, feed: dict[str, np.ndarray]) -> float:
