@@ -421,7 +421,7 @@ def _quantize(folder: Path, plan: Int8Plan, geometry: str, size: int, metadata: 
     model.metadata_props.add(key=METADATA_KEY, value=metadata)
     onnx.save(model, quantized)
     record: dict[str, Any] = {
-        "method": "onnxruntime static QDQ, per-channel int8 weights, uint8 inputs (MinMax), float outputs",
+        "method": "onnxruntime static QDQ, per-channel 7-bit int8 weights, uint8 inputs (MinMax), float outputs",
         "quantized_op_types": list(QUANTIZED_OP_TYPES),
         "attention": f"query blocks of {QUERY_ROWS} rows",
         "calibration_slices": calibrated,
