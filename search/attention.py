@@ -69,9 +69,9 @@ def _triton_attention(
     return rel_pos_attention(q, k, v, rel_h.flatten(2, 3), rel_w.flatten(2, 3), attention.scale)
 
 
-# Query rows per block of `query_blocks`, measured on a 1024 px ViT-B (64 × 64 grid) on onnxruntime's CPU provider:
-# 1 row 12.6 s per image, 8 rows 10.7 s, 16 rows 11.6 s, 32 rows 12.6 s, unblocked 13.6 s; the export grows with the
-# number of blocks (1 row: 19 min, 8 rows: 75 s).
+# Query rows per block of `query_blocks`, measured on a 1024 px ViT-B (64 × 64 grid) on onnxruntime's CPU provider
+# (benchmarks/RESULTS.md): 1 row 12.6 s per image, 8 rows 10.7 s, 32 rows 12.6 s, unblocked 13.6 s; 4, 8 and 16 rows
+# within noise of each other. The export grows with the number of blocks (1 row: 19 min, 4: 170 s, 8: 73 s).
 QUERY_ROWS = 8
 
 
