@@ -10,7 +10,7 @@ checkpoints and key names are untouched:
 - `triton`: `search/flash_rel_pos.py`, flash attention that adds the two terms inside the kernel, so the (HW × HW)
   bias never exists (12.9 GB per global-attention block of ViT-B at batch 32).
 - `query_blocks`: the stock arithmetic `QUERY_ROWS` query rows at a time, so only (rows·W × HW) logits exist at once;
-  for graphs exported to onnxruntime's CPU provider, which has no fused attention with this bias: a 1024 px ViT-B's
+  for graphs exported to onnxruntime's CPU provider, whose attention ops take a bias only whole: a 1024 px ViT-B's
   global block makes 805 MB of logits per image and pays for them in page faults and memory passes (the int8 export
   uses it; benchmarks/RESULTS.md).
 
