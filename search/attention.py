@@ -37,12 +37,20 @@ def _relative_position_terms(
     attention: Attention, q: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`add_decomposed_rel_pos`'s rel_h (..., H, W, H) and rel_w (..., H, W, W) of q (..., HW, head_dim): the term of
-    query (i, j) for key row k and for key column l."""
+    query (i, j) for key row k and for key column l. Batched products over the query's row (rel_h) and column
+    (rel_w), its einsums' arithmetic: onnxruntime's CPU Einsum took 0.46 s of a 1024 px int8 ViT-B image, these
+    products and their transposes under a third of that (benchmarks/RESULTS.md)."""
     h, w = size
-    rh = get_rel_pos(h, h, attention.rel_pos_h).to(q.dtype)
-    rw = get_rel_pos(w, w, attention.rel_pos_w).to(q.dtype)
-    rows = q.reshape(*q.shape[:-2], h, w, q.shape[-1])
-    return torch.einsum("...hwc,hkc->...hwk", rows, rh), torch.einsum("...hwc,wkc->...hwk", rows, rw)
+    c = q.shape[-1]
+    rh = get_rel_pos(h, h, attention.rel_pos_h).to(q.dtype)  # (query row, key row, c)
+    rw = get_rel_pos(w, w, attention.rel_pos_w).to(q.dtype)  # (query column, key column, c)
+    grid = q.reshape(-1, h, w, c)
+    n = grid.shape[0]
+    by_row = grid.permute(1, 0, 2, 3).reshape(h, n * w, c) @ rh.transpose(1, 2)  # (i, (n, j), k)
+    by_column = grid.permute(2, 0, 1, 3).reshape(w, n * h, c) @ rw.transpose(1, 2)  # (j, (n, i), l)
+    rel_h = by_row.view(h, n, w, h).permute(1, 0, 2, 3)
+    rel_w = by_column.view(w, n, h, w).permute(1, 2, 0, 3)
+    return rel_h.reshape(*q.shape[:-2], h, w, h), rel_w.reshape(*q.shape[:-2], h, w, w)
 
 
 def _relative_position_bias(attention: Attention, q: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

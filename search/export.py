@@ -57,6 +57,7 @@ from search.errors import ExportError, MedSAMixWarning
 from search.evaluate import SCORED_PROMPTS, decode_boxes
 from search.files import atomic_write_dir
 from search.gate import quality_gate
+from search.gelu import use_fusable_gelu
 from search.merge.engine import load_recipe_inputs
 from search.quantize import QUANTIZED_OP_TYPES, Int8Plan, int8_gate, quantize_encoder
 from search.recipe import Recipe, load_recipe, recipe_yaml
@@ -197,9 +198,10 @@ def build_model(state: Mapping[str, torch.Tensor], arch: SamArchitecture, fp16: 
 
 def cpu_model(state: Mapping[str, torch.Tensor], arch: SamArchitecture) -> Sam:
     """The float32 model whose encoder an int8 export quantizes: `query_blocks` attention, so onnxruntime's CPU
-    provider never holds a global block's whole logits (module docstring)."""
+    provider never holds a global block's whole logits, and GELUs its CPU provider fuses (module docstring)."""
     sam = build_model(state, arch)
     use_fused_attention(sam.image_encoder, "query_blocks")
+    use_fusable_gelu(sam.image_encoder)
     return sam
 
 
@@ -421,9 +423,11 @@ def _quantize(folder: Path, plan: Int8Plan, geometry: str, size: int, metadata: 
     model.metadata_props.add(key=METADATA_KEY, value=metadata)
     onnx.save(model, quantized)
     record: dict[str, Any] = {
-        "method": "onnxruntime static QDQ, per-channel 7-bit int8 weights, uint8 inputs (MinMax), float outputs",
+        "method": "onnxruntime static QDQ, per-channel 7-bit int8 weights and 7-bit int8 keys, uint8 inputs (MinMax), "
+        "float outputs",
         "quantized_op_types": list(QUANTIZED_OP_TYPES),
         "attention": f"query blocks of {QUERY_ROWS} rows",
+        "gelu": "x·(1 + erf(x/√2))·0.5, fused by onnxruntime",
         "calibration_slices": calibrated,
         "gate": None,
         "forced": False,

@@ -3,18 +3,20 @@ own tasks.
 
 Calibration feeds the float32 `encoder.onnx` the calibration split's slices exactly as the service does
 (`Geometry.prepare`: (1, S, S, 3) uint8 and the resized (h, w)), so activation ranges are those of served images.
-Only the matrix products with a stored weight are quantized (`weight_products`: qkv, attention projection, MLP):
-weights int8 per output channel in 7 bits (`reduce_range`), their inputs uint8 (the u8s8 kernels of x86 CPUs), their
-outputs left float, so onnxruntime runs each as one `MatMulIntegerToFloat` (quantized outputs, a `QLinearMatMul`
-and a dequantize per product, measured as fast on ViT-B with 0.4 GiB more peak memory). The patch embedding (a
-Conv), the neck's convolutions, LayerNorm, Softmax, GELU and the attention products (q·kᵀ, ·v, the relative
-positions) stay float32: quantizing the attention products too made a ViT-B slower (benchmarks/RESULTS.md). The
-decoder is not touched.
+Quantized: the matrix products with a stored weight matrix (`weight_products`: qkv, attention projection, MLP),
+weights int8 per output channel in 7 bits (`reduce_range`), and the attention's q·kᵀ (`key_products`), keys int8
+per tensor in 7 bits (`key_overrides`); their first inputs uint8 (the u8s8 kernels of x86 CPUs), their outputs left
+float, so onnxruntime runs each as one `MatMulIntegerToFloat` (quantized outputs, a `QLinearMatMul` and a dequantize
+per product, measured as fast on ViT-B with 0.4 GiB more peak memory). The patch embedding (a Conv), the neck's
+convolutions, LayerNorm, Softmax, GELU, the relative positions and the ·v products stay float32: ·v multiplies
+softmax probabilities, most far below a uint8 step, and quantizing every attention product made a ViT-B slower;
+int8 keys alone made it 11% faster (benchmarks/RESULTS.md). The decoder is not touched.
 
-Why 7-bit weights: x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) multiply u8 by s8 with VPMADDUBSW, which sums
-pairs into int16 and saturates (255 · 127 · 2 > 32767); onnxruntime's documented remedy is `reduce_range`. Measured
-on a 2-core AMD EPYC with AVX2 only, random ViT-B: largest relative embedding error 0.253 with 8-bit weights, 0.029
-with 7-bit, at the same speed. The export's machine need not be the serving one, so every export reduces the range.
+Why 7 bits: x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) multiply u8 by s8 with VPMADDUBSW, which sums pairs
+into int16 and saturates (255 · 127 · 2 > 32767); onnxruntime's documented remedy is `reduce_range` (for weights
+only: the keys get the same range through their scale). Measured on a 2-core AMD EPYC with AVX2 only, random ViT-B:
+largest relative embedding error 0.253 with 8-bit weights, 0.029 with 7-bit, at the same speed. The export's machine
+need not be the serving one, so every export reduces the range.
 
 The gate compares what is served: held-out Dice through onnxruntime of the int8 encoder against the float32 one,
 with the same float32 decoder and the service's own decode (`service.segmenter.Served.decode`).
@@ -89,10 +91,30 @@ def calibration_feeds(
 
 
 def weight_products(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The matrix products of `model` with a stored weight as B: the only nodes quantized. (onnxruntime's
-    `MatMulConstBOnly` takes any B with a weight upstream, which includes the attention products.)"""
-    weights = {tensor.name for tensor in model.graph.initializer}
+    """The matrix products of `model` with a stored weight matrix as B (a linear layer's): the only nodes quantized.
+    (onnxruntime's `MatMulConstBOnly` takes any B with a weight upstream, which includes the attention products; the
+    relative-position tables are stored B too, but 3-D, and per-channel int8 has no axis for them.)"""
+    weights = {tensor.name for tensor in model.graph.initializer if len(tensor.dims) == 2}
     return [n for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES and n.input[1] in weights]
+
+
+def key_products(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The attention's q·kᵀ products: B is the keys' transpose (what `query_blocks` and the stock attention export)."""
+    transposed = {out for node in model.graph.node if node.op_type == "Transpose" for out in node.output}
+    return [n for n in model.graph.node if n.op_type in QUANTIZED_OP_TYPES and n.input[1] in transposed]
+
+
+def key_overrides(products: Sequence[onnx.NodeProto], ranges: TensorsData) -> dict[str, list[dict[str, Any]]]:
+    """The keys of `products` as symmetric int8 in 7 bits (scale max|k|/63, zero point 0), so the u8s8 products do not
+    saturate on CPUs without VNNI (module docstring); onnxruntime's `reduce_range` covers only weights."""
+    overrides = {}
+    for name in sorted({n.input[1] for n in products}):
+        low, high = ranges[name].range_value
+        scale = max(abs(float(low)), abs(float(high)), 1e-12) / 63
+        overrides[name] = [
+            {"quant_type": QuantType.QInt8, "scale": np.array(scale, np.float32), "zero_point": np.array(0, np.int8)}
+        ]
+    return overrides
 
 
 def activation_ranges(
@@ -101,7 +123,8 @@ def activation_ranges(
     """MinMax ranges over `feeds` of the activations `products` quantize (their first inputs), from a copy of the
     graph that outputs only those. onnxruntime's own calibrator outputs every MatMul's inputs and outputs, attention
     products included: more than 20 GB for one 1024 px ViT-B slice (it was killed for memory)."""
-    read = sorted({n.input[0] for n in products})
+    keys = key_products(model)
+    read = sorted({n.input[0] for n in products} | {n.input[1] for n in products if n in keys})
     shapes = {info.name: info for info in model.graph.value_info}
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -134,9 +157,12 @@ def quantize_encoder(
     ranges = work / f".ranges.{source.name}.json"
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     model = onnx.load(prepared)
-    products = weight_products(model)
+    keys = key_products(model)
+    products = weight_products(model) + keys
     feeds = calibration_feeds(calibration, geometry, size, limit)
-    save_tensors_data(activation_ranges(model, products, feeds, work), ranges)
+    measured = activation_ranges(model, products, feeds, work)
+    save_tensors_data(measured, ranges)
+    overrides = key_overrides(keys, measured)
     del model
     quantize_static(
         str(prepared),
@@ -151,7 +177,10 @@ def quantize_encoder(
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
         calibration_cache_path=ranges,
-        extra_options={"OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES)},
+        extra_options={
+            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),
+            "TensorQuantOverrides": overrides,
+        },
     )
     prepared.unlink()
     ranges.unlink()

@@ -4,11 +4,14 @@ Dice tolerance of float32 on held-out cases, and served like any other model."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
+from onnx import numpy_helper
 
 from search.attention import QUERY_ROWS
 from search.config import load_task_specs
@@ -59,7 +62,7 @@ def split(task_file: Path, task: str) -> tuple[Task, Task]:
 
 
 @pytest.mark.slow
-def test_an_int8_demo_passes_its_gate_with_the_float32_dice_recorded(int8_demo: Path) -> None:
+def test_an_int8_demo_passes_its_gate_with_the_float32_dice_recorded(int8_demo: Path, tmp_path: Path) -> None:
     manifest = json.loads((int8_demo / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
     quantization = manifest["quantization"]
@@ -76,7 +79,17 @@ def test_an_int8_demo_passes_its_gate_with_the_float32_dice_recorded(int8_demo: 
     produced_by = {out: node.op_type for node in graph.node for out in node.output}
     matmuls = [n for n in graph.node if n.op_type == "MatMul"]
     assert any(produced_by.get(n.input[1]) == "DequantizeLinear" for n in matmuls)  # weight products quantized
-    assert not all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in matmuls)  # attention products not
+    assert not all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in matmuls)  # ·v products not
+    # Each query block's q·kᵀ (16, as softmaxes below) has int8 keys: symmetric (zero point 0), 7 bits (max |k| / 63).
+    nodes = {out: node for node in graph.node for out in node.output}
+    stored = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    dequantized = [n for n in matmuls if produced_by.get(n.input[1]) == "DequantizeLinear"]
+    key_products = [n for n in dequantized if produced_by.get(nodes[n.input[1]].input[0]) == "QuantizeLinear"]
+    assert len(key_products) == 16
+    for product in key_products:
+        quantize = nodes[nodes[product.input[1]].input[0]]
+        zero_point = stored[quantize.input[2]]
+        assert zero_point.dtype == np.int8 and zero_point == 0
     quantized_inputs = {i for node in graph.node if node.op_type == "QuantizeLinear" for i in node.input}
     assert not any(n.output[0] in quantized_inputs for n in matmuls)  # products give float (MatMulIntegerToFloat)
     # The CPU's attention: the tiny encoder's 16 x 16 global blocks in two query blocks of 8 rows, its 4 x 4 windows
@@ -86,6 +99,14 @@ def test_an_int8_demo_passes_its_gate_with_the_float32_dice_recorded(int8_demo: 
     for node in graph.node:  # what was measured to lose accuracy stays float
         if node.op_type in ("Conv", "LayerNormalization", "Softmax"):
             assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input), node.name
+    # As onnxruntime's CPU session runs it: each GELU one fused op (search.gelu), no Einsum (the relative positions
+    # are matrix products), and those products' 3-D tables stay float.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(int8_demo / "encoder.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    assert ops["Erf"] == ops["Einsum"] == 0 and ops["Gelu"] + ops["BiasGelu"] == 12, ops
     decoder = onnx.load(int8_demo / "decoder.onnx").graph
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in decoder.node)
 
