@@ -10,7 +10,7 @@ float, so onnxruntime runs each as one `MatMulIntegerToFloat` (quantized outputs
 per product, measured as fast on ViT-B with 0.4 GiB more peak memory). The patch embedding (a Conv), the neck's
 convolutions, LayerNorm, Softmax, GELU, the relative positions and the ·v products stay float32: ·v multiplies
 softmax probabilities, most far below a uint8 step, and quantizing every attention product made a ViT-B slower;
-int8 keys alone made it 11% faster (benchmarks/RESULTS.md). The decoder is not touched.
+int8 keys alone made it 2-11% faster (benchmarks/RESULTS.md). The decoder is not touched.
 
 Why 7 bits: x86 CPUs without VNNI (AVX2, AVX-512 before VNNI) multiply u8 by s8 with VPMADDUBSW, which sums pairs
 into int16 and saturates (255 · 127 · 2 > 32767); onnxruntime's documented remedy is `reduce_range` (for weights
