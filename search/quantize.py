@@ -118,13 +118,12 @@ def key_overrides(products: Sequence[onnx.NodeProto], ranges: TensorsData) -> di
 
 
 def activation_ranges(
-    model: onnx.ModelProto, products: Sequence[onnx.NodeProto], feeds: Sequence[dict[str, np.ndarray]], work: Path
+    model: onnx.ModelProto, activations: Sequence[str], feeds: Sequence[dict[str, np.ndarray]], work: Path
 ) -> TensorsData:
-    """MinMax ranges over `feeds` of the activations `products` quantize (their first inputs), from a copy of the
-    graph that outputs only those. onnxruntime's own calibrator outputs every MatMul's inputs and outputs, attention
-    products included: more than 20 GB for one 1024 px ViT-B slice (it was killed for memory)."""
-    keys = key_products(model)
-    read = sorted({n.input[0] for n in products} | {n.input[1] for n in products if n in keys})
+    """MinMax ranges over `feeds` of the `activations` the products quantize, from a copy of the graph that outputs
+    only those. onnxruntime's own calibrator outputs every MatMul's inputs and outputs, attention products included:
+    more than 20 GB for one 1024 px ViT-B slice (it was killed for memory)."""
+    read = sorted(set(activations))
     shapes = {info.name: info for info in model.graph.value_info}
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -160,7 +159,9 @@ def quantize_encoder(
     keys = key_products(model)
     products = weight_products(model) + keys
     feeds = calibration_feeds(calibration, geometry, size, limit)
-    measured = activation_ranges(model, products, feeds, work)
+    # every product's first input; the keys too (the weights are stored, not activations)
+    activations = [n.input[0] for n in products] + [n.input[1] for n in keys]
+    measured = activation_ranges(model, activations, feeds, work)
     save_tensors_data(measured, ranges)
     overrides = key_overrides(keys, measured)
     del model

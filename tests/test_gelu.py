@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import collections
+from collections import Counter
 from pathlib import Path
 
-import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from segment_anything.modeling.common import MLPBlock
 
 from search.gelu import FusableGelu, use_fusable_gelu
+from tests.graphs import optimized_ops
 
 
 def test_the_fusable_gelu_is_the_exact_gelu() -> None:
@@ -27,22 +26,18 @@ def test_only_exact_gelus_are_replaced() -> None:
     assert isinstance(model[2], torch.nn.GELU) and model[2].approximate == "tanh"
 
 
-def optimized_ops(module: torch.nn.Module, tmp_path: Path) -> collections.Counter[str]:
-    """Op types of `module`'s ONNX export as onnxruntime's CPU session optimises it (extended level: portable)."""
+def exported_ops(module: torch.nn.Module, tmp_path: Path) -> Counter[str]:
+    """Op types of `module`'s ONNX export as onnxruntime's CPU session optimises it."""
     path = tmp_path / "mlp.onnx"
     with torch.no_grad():
         torch.onnx.export(module, (torch.randn(1, 4, 4, 32),), path, opset_version=18, dynamo=True, verbose=False)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    return optimized_ops(path, tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore")
 def test_onnxruntime_fuses_the_swapped_gelu_but_not_the_stock_one(tmp_path: Path) -> None:
     stock = MLPBlock(32, 128).eval()
-    assert optimized_ops(stock, tmp_path)["Erf"] == 1  # why the swap exists: nn.GELU's export stays five passes
+    assert exported_ops(stock, tmp_path)["Erf"] == 1  # why the swap exists: nn.GELU's export stays five passes
     use_fusable_gelu(stock)
-    ops = optimized_ops(stock, tmp_path)
+    ops = exported_ops(stock, tmp_path)
     assert ops["Erf"] == 0 and ops["Gelu"] + ops["BiasGelu"] == 1, ops

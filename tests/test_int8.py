@@ -4,12 +4,10 @@ Dice tolerance of float32 on held-out cases, and served like any other model."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
@@ -27,6 +25,7 @@ from service.schemas import EncodeJob
 from service.segmenter import Served, encode_jobs
 from service.store import ModelStore
 from tests.cli_runs import medsamix, one_line_error, tasks_file
+from tests.graphs import optimized_ops
 
 DEMO = Path(__file__).parents[1] / "models" / "demo"
 # The demo's own five tasks, as its merge gate scores them (mean 0.7605 against its best input's 0.7583). On
@@ -76,12 +75,12 @@ def test_an_int8_demo_passes_its_gate_with_the_float32_dice_recorded(int8_demo: 
         assert gate["float32"]["dice"][task] == pytest.approx(demo["scores"][task]["dice"], abs=1e-6)
     assert quantization["calibration_slices"] > 0
     graph = onnx.load(int8_demo / "encoder.onnx").graph
-    produced_by = {out: node.op_type for node in graph.node for out in node.output}
+    nodes = {out: node for node in graph.node for out in node.output}
+    produced_by = {out: node.op_type for out, node in nodes.items()}
     matmuls = [n for n in graph.node if n.op_type == "MatMul"]
     assert any(produced_by.get(n.input[1]) == "DequantizeLinear" for n in matmuls)  # weight products quantized
     assert not all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in matmuls)  # ·v products not
     # Each query block's q·kᵀ (16, as softmaxes below) has int8 keys: symmetric (zero point 0), 7 bits (max |k| / 63).
-    nodes = {out: node for node in graph.node for out in node.output}
     stored = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
     dequantized = [n for n in matmuls if produced_by.get(n.input[1]) == "DequantizeLinear"]
     key_products = [n for n in dequantized if produced_by.get(nodes[n.input[1]].input[0]) == "QuantizeLinear"]
@@ -101,11 +100,7 @@ def test_an_int8_demo_passes_its_gate_with_the_float32_dice_recorded(int8_demo: 
             assert all(produced_by.get(i) != "DequantizeLinear" for i in node.input), node.name
     # As onnxruntime's CPU session runs it: each GELU one fused op (search.gelu), no Einsum (the relative positions
     # are matrix products), and those products' 3-D tables stay float.
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(int8_demo / "encoder.onnx"), options, providers=["CPUExecutionProvider"])
-    ops = Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    ops = optimized_ops(int8_demo / "encoder.onnx", tmp_path)
     assert ops["Erf"] == ops["Einsum"] == 0 and ops["Gelu"] + ops["BiasGelu"] == 12, ops
     decoder = onnx.load(int8_demo / "decoder.onnx").graph
     assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in decoder.node)
