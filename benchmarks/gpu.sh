@@ -11,10 +11,13 @@
 #   evaluator  eval_bench.py --stage evaluator: a search trial's evaluation of one merge on 500 synthetic 1024²
 #              slices (ViT-B): slices/s end to end and torch.cuda.max_memory_allocated (target ≤ 16 GB)
 #   search     benchmarks/search_bench.py: a 10-trial ViT-B search, time split merge / evaluate / SMAC, peak memory
+#   int8       benchmarks/int8_cpu_bench.py (issue 16, on the machine's CPU, not its GPU; only when named in
+#              GPU_SH_STAGES): random ViT-B float32 vs int8 encoders built there and timed in interleaved rounds,
+#              one thread per core and 2 threads, with the CPU's integer-dot-product flags
 #
 # Each stage has its own time budget (seconds, below). A stage runs under `timeout` at its budget; one stopped there
-# keeps what it saved and its JSON says so; one whose budget no longer fits in the run's 480 s is skipped, and its
-# JSON says why. A failing stage does not stop the others.
+# keeps what it saved and its JSON says so; one whose budget no longer fits in the run's 480 s (GPU_SH_BUDGET to
+# change) is skipped, and its JSON says why. A failing stage does not stop the others.
 #
 # Through the device tool: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540), after
 # benchmarks/gpu_wheels.sh here (the image lacks segment-anything, smac, pydantic, ...: see benchmarks/gpu_wheels.txt).
@@ -26,11 +29,11 @@ out="${OUT:-runs/gpu}"
 mkdir -p "$out"
 exec > >(tee -a "$out/gpu.log") 2>&1
 py="${PYTHON:-python3}"
-run_budget=480
+run_budget=${GPU_SH_BUDGET:-480}
 started=$SECONDS
 dry="${GPU_SH_DRY_RUN:-}"
 
-declare -A budget=([merge]=60 [encoder]=150 [decoder]=30 [evaluator]=100 [search]=100)
+declare -A budget=([merge]=60 [encoder]=150 [decoder]=30 [evaluator]=100 [search]=100 [int8]=420)
 declare -A args
 if [[ -n "$dry" ]]; then
     device=cpu
@@ -43,6 +46,7 @@ if [[ -n "$dry" ]]; then
         [decoder]="benchmarks/eval_bench.py --device cpu --arch tiny --stage decoder --runs 1 --decoder-slices 4"
         [evaluator]="benchmarks/eval_bench.py --device cpu --arch tiny --stage evaluator --runs 1 --slices 8"
         [search]="benchmarks/search_bench.py --device cpu --arch tiny --inputs random --trials 2"
+        [int8]="benchmarks/int8_cpu_bench.py --arch tiny --threads 0 --rounds 2"
     )
 else
     device=cuda
@@ -52,6 +56,7 @@ else
         [decoder]="benchmarks/eval_bench.py --device cuda --arch vit_b --stage decoder --runs 10 --decoder-slices 32"
         [evaluator]="benchmarks/eval_bench.py --device cuda --arch vit_b --stage evaluator --runs 2 --slices 500"
         [search]="benchmarks/search_bench.py --device cuda --arch vit_b --trials 10"
+        [int8]="benchmarks/int8_cpu_bench.py --arch vit_b --threads 0 2 --rounds 5 --calibration 4"
     )
     if ! compgen -G ".whl/*.whl" > /dev/null; then
         echo "no wheels in .whl/: run benchmarks/gpu_wheels.sh on the dev machine and carry .whl" >&2

@@ -32,6 +32,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cpu_sessions import session  # noqa: E402
 from benchmarks.serve_bench import cases, run_load, vit_b_store  # noqa: E402
 from search.attention import query_blocks, use_fused_attention  # noqa: E402
 from search.config import load_task_specs  # noqa: E402
@@ -46,17 +47,13 @@ from search.export import (  # noqa: E402
 from search.quantize import Int8Plan, model_inputs, quantize_encoder  # noqa: E402
 from search.slices import Task  # noqa: E402
 from service.manifest import ENCODER_FILE  # noqa: E402
-from testing.local_server import serve  # noqa: E402
+from testing.local_server import LocalServer, serve  # noqa: E402
 from tests.dicomfiles import ct_hu, ct_image  # noqa: E402
+from tests.service_client import metric  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo"
 TASKS = ROOT / "tests" / "zoo" / "search-demo.yaml"
-LEVELS = {
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
 # (name, intra-op threads (0: onnxruntime's default, one per core), optimisation level, execution mode); the first
 # is service/runtime.py's.
 SETTINGS = (
@@ -65,16 +62,6 @@ SETTINGS = (
     ("extended optimisation", 0, "extended", "sequential"),
     ("parallel execution", 0, "all", "parallel"),
 )
-
-
-def session(path: Path, threads: int = 0, level: str = "all", mode: str = "sequential") -> ort.InferenceSession:
-    """A CPU session as `service.runtime.create_session` opens one (arena off), with the given settings."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.execution_mode = MODES[mode]
-    options.intra_op_num_threads = threads
-    options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def median_latency(encoder: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int) -> tuple[float, np.ndarray]:
@@ -178,7 +165,7 @@ def served_p50(work: Path, calibration: dict[str, Task], seconds: float, limit: 
     """p50 of `POST /segment` with a new 512² CT image per request (the embedding cache never answers), one client,
     through `bentoml serve` of one store holding the random ViT-B as float32 (`demo`, from `vit_b_store`) and as
     int8 (`vit_b_int8`, the same checkpoint exported with `--int8` on `limit` calibration slices, each a 1024 px
-    run; ungated: random weights have no Dice to keep)."""
+    run; ungated: random weights have no Dice to keep); with each, the front -> encoder hop (`hop`)."""
     store = work / "models"
     first = {name: replace(task, slices=task.budget(limit)) for name, task in list(calibration.items())[:1]}
     source = load_source(work / "vit_b.pth")
@@ -193,9 +180,25 @@ def served_p50(work: Path, calibration: dict[str, Task], seconds: float, limit: 
             [request] = [r for name, r in cases(image, size, np.random.default_rng(0), model) if name == "new image"]
             with httpx.Client(base_url=server.url, timeout=600) as http:
                 request(http, -1)  # warm-up
-            rows[precision] = run_load(server, 1, seconds, request)
+            before = encoder_timings(server)
+            rows[precision] = run_load(server, 1, seconds, request) | hop(before, encoder_timings(server))
             print(precision, json.dumps(rows[precision]), flush=True)
     return rows
+
+
+HISTOGRAMS = ("medsamix_encoder_call_seconds", "medsamix_encoding_seconds")
+
+
+def encoder_timings(server: LocalServer) -> dict[str, tuple[float, float]]:
+    """(count, sum) of the service's two encoder histograms on /metrics."""
+    return {name: (metric(server, name + "_count"), metric(server, name + "_sum")) for name in HISTOGRAMS}
+
+
+def hop(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean ms of an encoder call and of the encoding inside it between two `encoder_timings`, and their
+    difference: the front -> encoder hop (one client: each call is one batch)."""
+    call, encoding = (1000 * (after[n][1] - before[n][1]) / max(after[n][0] - before[n][0], 1) for n in HISTOGRAMS)
+    return {"encoder_call_ms": call, "encoding_ms": encoding, "hop_ms": call - encoding}
 
 
 def main() -> None:

@@ -105,6 +105,19 @@ ABANDONED = bentoml.metrics.Counter(
     name="medsamix_abandoned_total",
     documentation="Requests whose client left before the answer was ready; their remaining work was dropped.",
 )
+# The front -> encoder hop (HTTP, serialisation, the batcher's wait) is the difference of the two means below, where
+# one call is one batch (a single client); seconds up to a CPU's ViT-B batch.
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+ENCODER_CALLS = bentoml.metrics.Histogram(
+    name="medsamix_encoder_call_seconds",
+    documentation="Seconds the front waits for one call of the encoder service: the encoding and the hop to it.",
+    buckets=SECONDS,
+)
+ENCODING = bentoml.metrics.Histogram(
+    name="medsamix_encoding_seconds",
+    documentation="Seconds the encoder service spends encoding one batch, the hop to it left out.",
+    buckets=SECONDS,
+)
 REFUSED_MODELS = bentoml.metrics.Gauge(
     name="medsamix_models_refused",
     documentation="Folders of the model store that are not served (see GET /models for why).",
@@ -154,7 +167,8 @@ class Encoder:
     )
     def encode(self, jobs: list[EncodeJob]) -> list[Any]:
         """(C, h, w) float32 embeddings, one per job, in order; jobs from several requests arrive as one list."""
-        return encode_jobs(self.models, jobs)
+        with ENCODING.time():
+            return encode_jobs(self.models, jobs)
 
     @bentoml.api
     def refused(self) -> dict[str, str]:
@@ -254,7 +268,8 @@ class MedSAMix:
         try:
             for start in range(0, len(jobs), size):
                 # The proxy's methods exist only once the encoder service is up, so they are looked up per call.
-                embeddings += self.encoder.encode(jobs[start : start + size])
+                with ENCODER_CALLS.time():
+                    embeddings += self.encoder.encode(jobs[start : start + size])
         except ServiceUnavailable:
             raise RequestError(
                 "the encoder service is overloaded: it refused images it estimates it cannot encode within "

@@ -1,6 +1,7 @@
 """The prepared GPU run (benchmarks/gpu.sh) checked on CPU, where it must work before it costs device time: its dry
 run writes the 500-slice evaluation's and the search's JSON with what benchmarks/RESULTS.md compares against the
-targets, and the wheels it carries are exactly what those stages import that the GPU image lacks."""
+targets and the int8 stage's CPU rounds, and the wheels it carries are exactly what those stages import that the GPU
+image lacks."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ NEWER = "# newer than the image's"
 NOT_NEEDED = {
     "importlib-metadata": "dask imports it on Python < 3.12 only",
     "lazy-importer": "importlib_metadata's own import",
-    "pydicom": "nibabel's optional DICOM support (nibabel.optpkg); the zoo is NIfTI",
     "pylibjpeg": "pydicom's optional decoder plugins",
     "pylibjpeg-openjpeg": "pydicom's optional decoder plugins",
     "pylibjpeg-rle": "pydicom's optional decoder plugins",
@@ -39,7 +39,7 @@ def listed(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
-pytestmark = pytest.mark.slow  # the dry run takes 16-30 s on 2 cores: the full suite runs it
+pytestmark = pytest.mark.slow  # the dry run takes 60-90 s on 2 cores: the full suite runs it
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {
         **os.environ,
         "GPU_SH_DRY_RUN": "1",
-        "GPU_SH_STAGES": "evaluator search",
+        "GPU_SH_STAGES": "evaluator search int8",
         "OUT": str(out),
         "PYTHON": sys.executable,
     }
@@ -75,15 +75,21 @@ def test_dry_run_writes_what_results_md_compares(dry_run: Path) -> None:
     assert search["trials"] == 2
     split = search["split_s"]
     assert 0 < split["merge"] + split["evaluate"] + split["smac"] <= split["wall"]
+    int8 = stage(dry_run, "int8")
+    assert int8["arch"] == "tiny" and isinstance(int8["cpu"]["model"], str)
+    assert int8["mib"]["int8"] < int8["mib"]["float32"]
+    rounds = int8["threads_0"]
+    assert {name: len(times) for name, times in rounds["rounds"].items()} == {"float32": 2, "int8": 2}
+    assert rounds["result"]["float32"]["speedup"] == 1 and rounds["result"]["int8"]["median_s"] > 0
     run = json.loads((dry_run / "run.json").read_text())
     assert run["run"]["dry_run"] is True
-    assert {run[s]["status"] for s in ("evaluator", "search")} == {"ok"}
+    assert {run[s]["status"] for s in ("evaluator", "search", "int8")} == {"ok"}
 
 
 def test_wheels_are_what_the_stages_import_that_the_image_lacks(dry_run: Path) -> None:
     imported = {
         normalized(name)
-        for part in ("evaluator", "search")
+        for part in ("evaluator", "search", "int8")
         for name in stage(dry_run, part)["distributions"]
         if normalized(name) != "medsamix"
     }
