@@ -100,7 +100,11 @@ class Settings:
     1024 px model gains nothing from frames past 4096 x 4096, and 64 Mpx are 256 CT slices of 512 x 512. cache_mb:
     the embedding cache's size. batching, max_batch_size, max_latency_ms: the encoder's adaptive batching; BentoML
     refuses (503) images it estimates would wait and run past max_latency_ms, so it must exceed the encoder's time
-    for one batch (BentoML's own default, 60 s; a ViT-B encodes an image in about 8 s on 2 CPU cores).
+    for one batch (BentoML's own default, 60 s; a ViT-B encodes an image in about 8 s on 2 CPU cores). Unset,
+    batching is on with device `gpu` and off with `cpu`: on a CPU one image's intra-op threads already use every
+    core, so a batch gains nothing, while BentoML's batcher, learning its costs from the server's first calls,
+    holds the 10th and 11th lone images for companions that a single client never sends (13 and 18 s more on a
+    ViT-B on 2 cores, benchmarks/RESULTS.md).
     dicomweb: the PACS `POST /segment/dicomweb` may call (the file `MEDSAMIX_DICOMWEB` names; none when unset).
     max_pacs_bytes: the most one answer of a PACS may carry (an instance retrieved, a page of a listing, a STOW
     reply); answers are read streaming and cut off past it with 502, never held whole first.
@@ -124,7 +128,7 @@ class Settings:
     max_instances: int = 1000
     max_points: int = 32
     cache_mb: int = 1024
-    batching: bool = True
+    batching: bool | None = None  # None: on with device `gpu`, off with `cpu` (set so by __post_init__)
     max_batch_size: int = 8
     max_latency_ms: int = 60000
     dicomweb: DicomwebConfig | None = None
@@ -134,6 +138,8 @@ class Settings:
     session_ttl_s: int = 3600
 
     def __post_init__(self) -> None:
+        if self.batching is None:
+            object.__setattr__(self, "batching", self.device == "gpu")
         if self.monailabel_pacs is not None and (
             self.dicomweb is None or self.monailabel_pacs not in self.dicomweb.pacs
         ):

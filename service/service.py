@@ -163,7 +163,9 @@ class Encoder:
         return on_requested_device(self.models, SETTINGS)
 
     @bentoml.api(
-        batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+        batchable=bool(SETTINGS.batching),
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
     )
     def encode(self, jobs: list[EncodeJob]) -> list[Any]:
         """(C, h, w) float32 embeddings, one per job, in order; jobs from several requests arrive as one list."""

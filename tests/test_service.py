@@ -71,7 +71,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> LocalServer:
-    env = {"MEDSAMIX_MODELS": str(store), "MEDSAMIX_TOKEN": TOKEN, "MEDSAMIX_MAX_LATENCY_MS": "20", **LIMITS}
+    env = {
+        "MEDSAMIX_MODELS": str(store),
+        "MEDSAMIX_TOKEN": TOKEN,
+        "MEDSAMIX_BATCHING": "1",  # a GPU deployment's default (off on a CPU's): the batching encoder is tested here
+        "MEDSAMIX_MAX_LATENCY_MS": "20",
+        **LIMITS,
+    }
     with serve(env, tmp_path_factory.mktemp("logs") / "serve.log") as running:
         yield running
 

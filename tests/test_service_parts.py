@@ -31,6 +31,15 @@ def test_settings_come_from_the_environment_with_defaults() -> None:
     assert (Settings().max_points, Settings.from_env({"MEDSAMIX_MAX_POINTS": "4"}).max_points) == (32, 4)
 
 
+def test_the_encoder_batches_by_default_on_a_gpu_only() -> None:
+    """On a CPU a batch gains nothing and BentoML's batcher makes the 10th and 11th lone images of a new server
+    wait for companions (benchmarks/RESULTS.md): batching is a GPU deployment's default, and either can set it."""
+    assert Settings.from_env({}).batching is False
+    assert Settings.from_env({"MEDSAMIX_DEVICE": "gpu"}).batching is True
+    assert Settings.from_env({"MEDSAMIX_BATCHING": "1"}).batching is True
+    assert Settings.from_env({"MEDSAMIX_DEVICE": "gpu", "MEDSAMIX_BATCHING": "0"}).batching is False
+
+
 @pytest.mark.parametrize(
     "name, value, phrase",
     [
