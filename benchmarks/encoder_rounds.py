@@ -4,9 +4,9 @@ between runs) slows every variant alike; medians and speed-ups against the first
 
     python benchmarks/encoder_rounds.py float32=vit_b.onnx int8=vit_b_int8.onnx --rounds 6 [--levels all extended]
 
-Sessions are `cpu_sessions.session`'s (the service's: arena off, default threads unless --threads); the feed is one
-random uint8 image (dense encoders: speed does not depend on the pixels), and each output's relative error against
-the first.
+Sessions are `cpu_sessions.session`'s (the service's: arena off, default threads unless --threads); the feed is
+--batch random uint8 images (dense encoders: speed does not depend on the pixels), and each output's relative error
+against the first.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from benchmarks.cpu_sessions import LEVELS, session  # noqa: E402
 from search.export import relative_error  # noqa: E402
 
 
-def random_feed(size: int) -> dict[str, np.ndarray]:
-    """One random `size`² uint8 image as an encoder's feed."""
+def random_feed(size: int, batch: int = 1) -> dict[str, np.ndarray]:
+    """`batch` random `size`² uint8 images as an encoder's feed."""
     rng = np.random.default_rng(0)
     return {
-        "image": rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8),
-        "resized_hw": np.array([[size, size]], np.int64),
+        "image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+        "resized_hw": np.array([[size, size]] * batch, np.int64),
     }
 
 
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--levels", nargs="+", choices=list(LEVELS), default=["all"])
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: one per core, the service's)")
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=1, help="images per call (what a batching encoder sends)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     paths = dict(item.split("=", 1) for item in args.encoders)
@@ -73,7 +74,7 @@ def main() -> None:
         for name, path in paths.items()
         for level in args.levels
     }
-    measured = interleaved(sessions, random_feed(args.size), args.rounds)
+    measured = interleaved(sessions, random_feed(args.size, args.batch), args.rounds)
     print(json.dumps(measured["result"], indent=1))
     if args.json:
         args.json.write_text(json.dumps(measured, indent=2) + "\n")

@@ -7,7 +7,8 @@ CPU, whose integer instructions differ), with the CPU's name and integer-dot-pro
 Builds a random-weight model of `--arch` (seed 0), exports its encoder as today's float32 export does (stock
 attention) and as an int8 export does (`search.export.cpu_model`, then `search.quantize.quantize_encoder` on
 `--calibration` of the demo tasks' calibration slices), then times both in interleaved rounds
-(`encoder_rounds.interleaved`) with each `--threads` count of intra-op threads (0: one per core, the service's).
+(`encoder_rounds.interleaved`) with each `--threads` count of intra-op threads (0: one per core, the service's) and
+each `--batches` number of images per call.
 The JSON is rewritten after each step, so a run stopped at its budget keeps what it measured.
 """
 
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--arch", default="vit_b")
     parser.add_argument("--threads", type=int, nargs="+", default=[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1], help="images per call (a batching encoder's)")
     parser.add_argument("--calibration", type=int, default=4, help="calibration slices (speed does not depend on it)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -83,14 +85,15 @@ def main() -> None:
             record.save()
             print(f"{name}: {record.data[name]:.1f}", flush=True)
         record["mib"] = {name: path.stat().st_size / 2**20 for name, path in paths.items()}
-        feed = random_feed(arch.image_size)
         for threads in args.threads:
             sessions = {name: session(path, threads) for name, path in paths.items()}
-            record[f"threads_{threads}"] = interleaved(sessions, feed, args.rounds)
-            record.save()
-            result = record.data[f"threads_{threads}"]["result"]
-            summary = {n: f"{r['median_s']:.3f} s ({r['speedup']:.2f}x)" for n, r in result.items()}
-            print(f"{threads} threads:", summary, flush=True)
+            for batch in args.batches:
+                key = f"threads_{threads}" + (f"_batch_{batch}" if batch > 1 else "")
+                record[key] = interleaved(sessions, random_feed(arch.image_size, batch), args.rounds)
+                record.save()
+                result = record.data[key]["result"]
+                summary = {n: f"{r['median_s']:.3f} s ({r['speedup']:.2f}x)" for n, r in result.items()}
+                print(f"{key}:", summary, flush=True)
 
 
 if __name__ == "__main__":

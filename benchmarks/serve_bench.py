@@ -95,6 +95,14 @@ def resident_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
 
 
+def numbered(image: bytes, i: int) -> bytes:
+    """`image` (a 16-bit CT in the abdomen window, stored = HU + 1024) with its last two pixels set from `i`: a new
+    file and a new displayed image (the cache's key) for each of 40,000 numbers. The window spans stored 864..1264,
+    400 values for 256 grey levels, so the pixels step by 2: consecutive values can share a level."""
+    first, second = 864 + 2 * (i % 200), 864 + 2 * (i // 200 % 200)
+    return image[:-4] + first.to_bytes(2, "little") + second.to_bytes(2, "little")
+
+
 def cases(image: bytes, size: int, rng: np.random.Generator, model: str | None = None):
     """(name, request function) for a new image per request and for the same image with a new box; every request
     names `model` (else the server's default answers)."""
@@ -105,11 +113,7 @@ def cases(image: bytes, size: int, rng: np.random.Generator, model: str | None =
         return http.post("/segment", files=files, data=data)
 
     def new_image(http: httpx.Client, i: int) -> httpx.Response:
-        # The last two pixels set to HU inside the abdomen window, from i: a new displayed image (the cache's key)
-        # and a new file each time (stored = HU + 1024; the window spans stored 864..1264).
-        first, second = 864 + i % 400, 864 + (i // 400) % 400
-        unique = image[:-4] + first.to_bytes(2, "little") + second.to_bytes(2, "little")
-        return post(http, unique, [64, 64, 320, 300])
+        return post(http, numbered(image, i), [64, 64, 320, 300])
 
     def new_box(http: httpx.Client, i: int) -> httpx.Response:
         x0, y0 = rng.uniform(0, size / 2, 2)

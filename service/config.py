@@ -102,9 +102,9 @@ class Settings:
     refuses (503) images it estimates would wait and run past max_latency_ms, so it must exceed the encoder's time
     for one batch (BentoML's own default, 60 s; a ViT-B encodes an image in about 8 s on 2 CPU cores). Unset,
     batching is on with device `gpu` and off with `cpu`: on a CPU one image's intra-op threads already use every
-    core, so a batch gains nothing, while BentoML's batcher, learning its costs from the server's first calls,
-    holds the 10th and 11th lone images for companions that a single client never sends (13 and 18 s more on a
-    ViT-B on 2 cores, benchmarks/RESULTS.md).
+    core, so a batch gains nothing (two images a call: 6-15% slower per image), while BentoML's batcher, learning
+    its costs from the server's first calls, holds the 10th and 11th lone images for companions that a single
+    client never sends (16 and 21 s more on a ViT-B on 2 cores, benchmarks/RESULTS.md).
     dicomweb: the PACS `POST /segment/dicomweb` may call (the file `MEDSAMIX_DICOMWEB` names; none when unset).
     max_pacs_bytes: the most one answer of a PACS may carry (an instance retrieved, a page of a listing, a STOW
     reply); answers are read streaming and cut off past it with 502, never held whole first.
