@@ -22,10 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.quant_bench import encoder_timings, hop  # noqa: E402
+from benchmarks.quant_bench import hop  # noqa: E402
 from benchmarks.serve_bench import cases, vit_b_store  # noqa: E402
 from testing.local_server import serve  # noqa: E402
 from tests.dicomfiles import ct_hu, ct_image  # noqa: E402
+from tests.service_client import encoder_timings  # noqa: E402
 
 
 def main() -> None:

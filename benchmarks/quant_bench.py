@@ -47,9 +47,9 @@ from search.export import (  # noqa: E402
 from search.quantize import Int8Plan, model_inputs, quantize_encoder  # noqa: E402
 from search.slices import Task  # noqa: E402
 from service.manifest import ENCODER_FILE  # noqa: E402
-from testing.local_server import LocalServer, serve  # noqa: E402
+from testing.local_server import serve  # noqa: E402
 from tests.dicomfiles import ct_hu, ct_image  # noqa: E402
-from tests.service_client import metric  # noqa: E402
+from tests.service_client import ENCODER_HISTOGRAMS, encoder_timings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo"
@@ -186,18 +186,12 @@ def served_p50(work: Path, calibration: dict[str, Task], seconds: float, limit: 
     return rows
 
 
-HISTOGRAMS = ("medsamix_encoder_call_seconds", "medsamix_encoding_seconds")
-
-
-def encoder_timings(server: LocalServer) -> dict[str, tuple[float, float]]:
-    """(count, sum) of the service's two encoder histograms on /metrics."""
-    return {name: (metric(server, name + "_count"), metric(server, name + "_sum")) for name in HISTOGRAMS}
-
-
 def hop(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Mean ms of an encoder call and of the encoding inside it between two `encoder_timings`, and their
     difference: the front -> encoder hop (one client: each call is one batch)."""
-    call, encoding = (1000 * (after[n][1] - before[n][1]) / max(after[n][0] - before[n][0], 1) for n in HISTOGRAMS)
+    call, encoding = (
+        1000 * (after[n][1] - before[n][1]) / max(after[n][0] - before[n][0], 1) for n in ENCODER_HISTOGRAMS
+    )
     return {"encoder_call_ms": call, "encoding_ms": encoding, "hop_ms": call - encoding}
 
 

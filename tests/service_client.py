@@ -86,9 +86,22 @@ def masks_of(response: httpx.Response) -> list[np.ndarray]:
 
 def metric(server: LocalServer, name: str, labels: str = "") -> float:
     """The value of metric `name` (with the label set `labels`, e.g. '{source="cache"}') on /metrics; 0 if absent."""
-    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return _value(httpx.get(server.url + "/metrics", timeout=10).text, name, labels)
+
+
+def _value(text: str, name: str, labels: str = "") -> float:
     match = re.search(rf"^{name}{re.escape(labels)} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
+
+
+# The front's wait for one encoder call, and the encoding inside it: their means' difference is the hop.
+ENCODER_HISTOGRAMS = ("medsamix_encoder_call_seconds", "medsamix_encoding_seconds")
+
+
+def encoder_timings(server: LocalServer) -> dict[str, tuple[float, float]]:
+    """(count, sum) of each of `ENCODER_HISTOGRAMS`, from one read of /metrics."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return {name: (_value(text, name + "_count"), _value(text, name + "_sum")) for name in ENCODER_HISTOGRAMS}
 
 
 def volume_of(answer: dict, shape: tuple[int, ...]) -> np.ndarray:

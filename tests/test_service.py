@@ -26,7 +26,18 @@ import service
 from service.store import ModelStore
 from testing.local_server import LocalServer, serve
 from tests import dicomfiles as files
-from tests.service_client import AUTH, REPO, SECRETS, TOKEN, masks_of, metric, post, reference
+from tests.service_client import (
+    AUTH,
+    ENCODER_HISTOGRAMS,
+    REPO,
+    SECRETS,
+    TOKEN,
+    encoder_timings,
+    masks_of,
+    metric,
+    post,
+    reference,
+)
 
 ZOO = REPO / "tests" / "zoo"
 LIMITS = {
@@ -192,15 +203,12 @@ def test_more_boxes_on_a_seen_image_cost_only_the_decoder(server: LocalServer, s
 def test_metrics_time_each_encoder_call_and_the_encoding_inside_it(server: LocalServer) -> None:
     """/metrics' two histograms are what the front -> encoder hop is read from (benchmarks/quant_bench.py): one
     new image is one call and one encoding, and the call lasts at least the encoding it waited for."""
-    names = ("medsamix_encoder_call_seconds", "medsamix_encoding_seconds")
-
-    def read() -> dict[str, tuple[float, float]]:
-        return {name: (metric(server, name + "_count"), metric(server, name + "_sum")) for name in names}
-
-    before = read()
+    before = encoder_timings(server)
     masks_of(post(server, files.ct_image(files.ct_hu(64, 80, seed=21)), [{"box": [5, 5, 40, 40]}]))
-    after = read()
-    (calls, call_s), (encodings, encoding_s) = ((after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in names)
+    after = encoder_timings(server)
+    (calls, call_s), (encodings, encoding_s) = (
+        (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in ENCODER_HISTOGRAMS
+    )
     assert (calls, encodings) == (1, 1)
     assert call_s >= encoding_s > 0
 
